@@ -1,0 +1,188 @@
+//! From a conversation to token ids: render the chat template, expand each media placeholder
+//! into the processor's exact token sequence, tokenise without adding special tokens.
+
+use std::path::Path;
+
+use gemma3n::Gemma3nConfig;
+use tokenizers::Tokenizer;
+
+use crate::chat::{self, ChatTemplate, Message, Part, Role};
+use crate::{Error, Result};
+
+/// Private-use characters that cannot come from a tokenizer vocabulary's control tokens; they
+/// delimit user text while rendering a conversation that quotes control-token strings.
+const QUOTE_OPEN: char = '\u{F8F0}';
+const QUOTE_CLOSE: char = '\u{F8F1}';
+
+pub struct PromptEncoder {
+    tokenizer: Tokenizer,
+    /// The same tokenizer with special-token matching switched off, for quoted user text.
+    literal_tokenizer: Tokenizer,
+    template: ChatTemplate,
+    image_placeholder: String,
+    audio_placeholder: String,
+    image_expansion: String,
+    audio_expansion: String,
+    /// Every special added token's text (`<start_of_turn>`, `<image_soft_token>`, ...).
+    control_strings: Vec<String>,
+    bos_id: u32,
+}
+
+/// A tokenised prompt and the text it came from.
+#[derive(Debug, Clone)]
+pub struct EncodedPrompt {
+    pub ids: Vec<u32>,
+    pub text: String,
+}
+
+impl PromptEncoder {
+    pub fn from_model_dir(dir: &Path, cfg: &Gemma3nConfig) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| Error::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
+        let template = ChatTemplate::from_model_dir(dir)?;
+        Self::new(tokenizer, template, cfg)
+    }
+
+    pub fn new(tokenizer: Tokenizer, template: ChatTemplate, cfg: &Gemma3nConfig) -> Result<Self> {
+        let token = |id: u32, what: &str| {
+            tokenizer.id_to_token(id).ok_or_else(|| {
+                Error::Tokenizer(format!("the tokenizer has no {what} token (id {id})"))
+            })
+        };
+        let image_placeholder = token(cfg.image_token_id, "image soft")?;
+        let audio_placeholder = token(cfg.audio_token_id, "audio soft")?;
+        let image_expansion = format!(
+            "\n\n{}{}{}\n\n",
+            token(cfg.boi_token_id, "start-of-image")?,
+            image_placeholder.repeat(cfg.vision_soft_tokens_per_image),
+            token(cfg.eoi_token_id, "end-of-image")?
+        );
+        let audio_expansion = format!(
+            "\n\n{}{}{}\n\n",
+            token(cfg.boa_token_id, "start-of-audio")?,
+            audio_placeholder.repeat(cfg.audio_soft_tokens_per_image),
+            token(cfg.eoa_token_id, "end-of-audio")?
+        );
+        let bos_id = tokenizer.token_to_id(template.bos_token()).ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "BOS token {} is not in the vocabulary",
+                template.bos_token()
+            ))
+        })?;
+        let control_strings = tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect();
+        let mut literal_tokenizer = tokenizer.clone();
+        literal_tokenizer.set_encode_special_tokens(true);
+        Ok(Self {
+            tokenizer,
+            literal_tokenizer,
+            template,
+            image_placeholder,
+            audio_placeholder,
+            image_expansion,
+            audio_expansion,
+            control_strings,
+            bos_id,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The rendered template before placeholder expansion.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        chat::validate(messages)?;
+        self.template.render(messages, add_generation_prompt)
+    }
+
+    /// Token ids for `messages` (each audio part standing for one clip), ending with the
+    /// generation prompt.
+    pub fn encode(&self, messages: &[Message]) -> Result<EncodedPrompt> {
+        chat::validate(messages)?;
+        let quotes_control_tokens = messages.iter().flat_map(|m| &m.content).any(|p| {
+            matches!(p, Part::Text { text } if self.control_strings.iter().any(|c| text.contains(c.as_str())))
+        });
+        let (text, mut ids) = if quotes_control_tokens {
+            self.encode_quoting_user_text(messages)?
+        } else {
+            let text = self.expand(&self.template.render(messages, true)?);
+            let ids = self.tokenize(&self.tokenizer, &text)?;
+            (text, ids)
+        };
+        if ids.first() != Some(&self.bos_id) {
+            ids.insert(0, self.bos_id);
+        }
+        Ok(EncodedPrompt { ids, text })
+    }
+
+    fn expand(&self, rendered: &str) -> String {
+        rendered
+            .replace(&self.image_placeholder, &self.image_expansion)
+            .replace(&self.audio_placeholder, &self.audio_expansion)
+    }
+
+    fn tokenize(&self, tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+        Ok(tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Render with every text part replaced by a quoted index, then tokenise template text with
+    /// special tokens and the user's text as plain text, so that typed control-token strings can
+    /// neither forge a turn nor a media slot.
+    fn encode_quoting_user_text(&self, messages: &[Message]) -> Result<(String, Vec<u32>)> {
+        let mut texts = Vec::new();
+        let quoted: Vec<Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                // The template trims every text except the system prompt.
+                let keep_whitespace = i == 0 && m.role == Role::System;
+                let content = m
+                    .content
+                    .iter()
+                    .map(|p| match p {
+                        Part::Text { text } => {
+                            let t = if keep_whitespace { text.as_str() } else { text.trim() };
+                            texts.push(t.to_owned());
+                            Part::Text {
+                                text: format!("{QUOTE_OPEN}{}{QUOTE_CLOSE}", texts.len() - 1),
+                            }
+                        }
+                        other => other.clone(),
+                    })
+                    .collect();
+                Message {
+                    role: m.role,
+                    content,
+                }
+            })
+            .collect();
+        let rendered = self.expand(&self.template.render(&quoted, true)?);
+        let (mut text, mut ids) = (String::new(), Vec::new());
+        for (k, piece) in rendered.split([QUOTE_OPEN, QUOTE_CLOSE]).enumerate() {
+            // Odd pieces are the quoted indices.
+            if k % 2 == 1 {
+                let user = piece
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| texts.get(i))
+                    .ok_or_else(|| Error::Template("unexpected quoting marker".into()))?;
+                ids.extend(self.tokenize(&self.literal_tokenizer, user)?);
+                text.push_str(user);
+            } else {
+                ids.extend(self.tokenize(&self.tokenizer, piece)?);
+                text.push_str(piece);
+            }
+        }
+        Ok((text, ids))
+    }
+}

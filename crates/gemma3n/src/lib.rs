@@ -1,0 +1,34 @@
+//! Gemma 3n on candle: text decoder, MobileNet-V5 vision tower, USM conformer audio tower and the
+//! multimodal embedders, loaded straight from Hugging Face checkpoints.
+//!
+//! The module layout follows the checkpoint: [`text`] is `model.language_model`, [`embedder`] is
+//! `model.embed_vision` / `model.embed_audio`, [`model`] ties them into
+//! `Gemma3nForConditionalGeneration`.
+
+pub mod config;
+pub mod embedder;
+pub mod kv_cache;
+pub mod loader;
+pub mod model;
+pub mod nn;
+pub mod text;
+
+pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
+pub use kv_cache::Cache;
+pub use loader::Checkpoint;
+pub use model::{Gemma3nModel, MediaEmbeddings};
+
+/// Errors of the model library.  Candle errors keep their text, which names the tensor involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,267 @@
+//! `Gemma3nForConditionalGeneration`: the decoder, the multimodal embedders and (loaded on first
+//! use) the towers, behind one entry point that turns token ids plus media into logits.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::Gemma3nConfig;
+use crate::embedder::MultimodalEmbedder;
+use crate::kv_cache::Cache;
+use crate::loader::Checkpoint;
+use crate::text::{TextModel, Trace};
+use crate::{Error, Result};
+
+/// Soft embeddings of the media in a prompt, already in the decoder's space and in prompt order:
+/// `images` `[n_images, tokens_per_image, D]`, `audio` `[n_clips, tokens_per_clip, D]`.
+#[derive(Debug, Clone, Default)]
+pub struct MediaEmbeddings {
+    pub images: Option<Tensor>,
+    pub audio: Option<Tensor>,
+}
+
+impl MediaEmbeddings {
+    pub fn is_empty(&self) -> bool {
+        self.images.is_none() && self.audio.is_none()
+    }
+}
+
+pub struct Gemma3nModel {
+    cfg: Gemma3nConfig,
+    text: TextModel,
+    embed_vision: MultimodalEmbedder,
+    embed_audio: MultimodalEmbedder,
+    /// Kept to build the towers lazily, when the first image or clip arrives.
+    vb: VarBuilder<'static>,
+}
+
+impl Gemma3nModel {
+    /// Load `config.json` and the weights from a model folder.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = Gemma3nConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let vb = checkpoint.var_builder(dtype, device)?;
+        Self::new(&cfg, vb)
+    }
+
+    pub fn new(cfg: &Gemma3nConfig, vb: VarBuilder<'static>) -> Result<Self> {
+        let t = &cfg.text_config;
+        let model = vb.pp("model");
+        let text = TextModel::new(t, model.pp("language_model"))?;
+        let v = &cfg.vision_config;
+        let a = &cfg.audio_config;
+        let embed_vision = MultimodalEmbedder::new(
+            v.hidden_size,
+            t.hidden_size,
+            v.vocab_offset,
+            v.vocab_size,
+            v.rms_norm_eps,
+            model.pp("embed_vision"),
+        )?;
+        let embed_audio = MultimodalEmbedder::new(
+            a.hidden_size,
+            t.hidden_size,
+            a.vocab_offset,
+            a.vocab_size,
+            a.rms_norm_eps,
+            model.pp("embed_audio"),
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            text,
+            embed_vision,
+            embed_audio,
+            vb,
+        })
+    }
+
+    pub fn config(&self) -> &Gemma3nConfig {
+        &self.cfg
+    }
+
+    pub fn text(&self) -> &TextModel {
+        &self.text
+    }
+
+    pub fn device(&self) -> &Device {
+        self.text.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.text.dtype()
+    }
+
+    pub fn embed_vision(&self) -> &MultimodalEmbedder {
+        &self.embed_vision
+    }
+
+    pub fn embed_audio(&self) -> &MultimodalEmbedder {
+        &self.embed_audio
+    }
+
+    /// The checkpoint's var builder, rooted at the top (`model.` prefix not applied).
+    pub fn var_builder(&self) -> &VarBuilder<'static> {
+        &self.vb
+    }
+
+    pub fn new_cache(&self) -> Cache {
+        self.text.new_cache()
+    }
+
+    /// Number of positions the decoder accepts.
+    pub fn max_context(&self) -> usize {
+        self.cfg.text_config.max_position_embeddings
+    }
+
+    /// Input embeddings `[B, T, D]` and per-layer-embedding ids `[B, T]` for `ids` `[B, T]`.
+    ///
+    /// Text ids are embedded and scaled; ids in the vision/audio ranges take the embedders'
+    /// hard path; the image/audio soft-token positions are then overwritten, in order, by the
+    /// rows of `media`.
+    pub fn embed_inputs(&self, ids: &Tensor, media: &MediaEmbeddings) -> Result<(Tensor, Tensor)> {
+        let (b, t) = ids.dims2()?;
+        let d = self.cfg.text_config.hidden_size;
+        let v_off = self.embed_vision.vocab_offset();
+        let a_off = self.embed_audio.vocab_offset();
+        let host_ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let vocab = self.cfg.text_config.vocab_size as u32;
+        if let Some(bad) = host_ids.iter().find(|&&id| id >= vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+
+        let mut embeds = self.text.embed_tokens(ids)?;
+        let in_range = |lo: u32, hi: u32| -> Result<Tensor> {
+            let m: Vec<u8> = host_ids
+                .iter()
+                .map(|&id| u8::from(id >= lo && id < hi))
+                .collect();
+            Ok(Tensor::from_vec(m, (b, t), ids.device())?)
+        };
+        for (embedder, lo, hi) in [
+            (&self.embed_vision, v_off, a_off),
+            (&self.embed_audio, a_off, u32::MAX),
+        ] {
+            if !host_ids.iter().any(|&id| id >= lo && id < hi) {
+                continue;
+            }
+            let mask = in_range(lo, hi)?;
+            let filler = Tensor::full(lo + embedder.vocab_size() - 1, (b, t), ids.device())?;
+            let hard = embedder
+                .embed_ids(&mask.where_cond(ids, &filler)?)?
+                .to_dtype(embeds.dtype())?;
+            let mask = mask.unsqueeze(2)?.broadcast_as((b, t, d))?;
+            embeds = mask.where_cond(&hard, &embeds)?;
+        }
+
+        if !media.is_empty() {
+            embeds = self.scatter_media(&embeds, &host_ids, media)?;
+        }
+
+        let ple_vocab = self.cfg.text_config.vocab_size_per_layer_input as u32;
+        let ple_ids: Vec<u32> = host_ids
+            .iter()
+            .map(|&id| if id < ple_vocab { id } else { 0 })
+            .collect();
+        let ple_ids = Tensor::from_vec(ple_ids, (b, t), ids.device())?;
+        Ok((embeds, ple_ids))
+    }
+
+    /// Replace the soft-token positions by the media rows, in row-major order of the ids.
+    fn scatter_media(
+        &self,
+        embeds: &Tensor,
+        host_ids: &[u32],
+        media: &MediaEmbeddings,
+    ) -> Result<Tensor> {
+        let (b, t, d) = embeds.dims3()?;
+        let mut rows = vec![embeds.reshape((b * t, d))?];
+        let mut index: Vec<u32> = (0..(b * t) as u32).collect();
+        for (features, token, what) in [
+            (&media.images, self.cfg.image_token_id, "image"),
+            (&media.audio, self.cfg.audio_token_id, "audio"),
+        ] {
+            let Some(features) = features else { continue };
+            let features = features.flatten_to(1)?.to_dtype(embeds.dtype())?;
+            let available = features.dim(0)?;
+            let slots: Vec<usize> = host_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &id)| id == token)
+                .map(|(i, _)| i)
+                .collect();
+            if slots.len() != available {
+                return Err(Error::Input(format!(
+                    "the prompt has {} {what} soft-token slots but {available} {what} embeddings were given",
+                    slots.len()
+                )));
+            }
+            let base: usize = rows.iter().map(|r| r.dim(0)).sum::<candle_core::Result<_>>()?;
+            for (k, slot) in slots.into_iter().enumerate() {
+                index[slot] = (base + k) as u32;
+            }
+            rows.push(features);
+        }
+        let table = Tensor::cat(&rows, 0)?;
+        let index = Tensor::from_vec(index, b * t, embeds.device())?;
+        Ok(table.index_select(&index, 0)?.reshape((b, t, d))?)
+    }
+
+    /// Final-normed hidden states `[B, T, D]` for `ids` following what `cache` already holds.
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        media: &MediaEmbeddings,
+        cache: &mut Cache,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        if cache.seq_len() + t > self.max_context() {
+            return Err(Error::Input(format!(
+                "{} tokens exceed the model's context of {} tokens",
+                cache.seq_len() + t,
+                self.max_context()
+            )));
+        }
+        let (embeds, ple_ids) = self.embed_inputs(ids, media)?;
+        Ok(self.text.forward_hidden(&embeds, &ple_ids, cache, trace)?)
+    }
+
+    /// Soft-capped logits `[B, T, V]` (f32) for every position.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        media: &MediaEmbeddings,
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden(ids, media, cache, None)?;
+        Ok(self.text.logits(&hidden)?)
+    }
+
+    /// Soft-capped logits `[B, V]` of the last position only (what generation needs).
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        media: &MediaEmbeddings,
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden(ids, media, cache, None)?;
+        let t = hidden.dim(1)?;
+        Ok(self.text.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?)
+    }
+}
+
+impl Gemma3nModel {
+    /// Soft embeddings `[n, vision_soft_tokens_per_image, D]` for pixel values `[n, 3, H, W]`.
+    pub fn encode_images(&self, _pixel_values: &Tensor) -> Result<Tensor> {
+        Err(Error::Input("the vision tower is not implemented yet".into()))
+    }
+
+    /// Soft embeddings `[n, audio_soft_tokens_per_image, D]` (padded with the audio padding
+    /// embedding) for log-mel `features` `[n, frames, mel]` and `valid` `[n, frames]` (u8).
+    pub fn encode_audio(&self, _features: &Tensor, _valid: &Tensor) -> Result<Tensor> {
+        Err(Error::Input("the audio tower is not implemented yet".into()))
+    }
+}

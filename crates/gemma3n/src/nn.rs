@@ -1,0 +1,63 @@
+//! Small building blocks shared by the decoder, the towers and the embedders.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`, with the weight used as
+/// stored (Gemma 3n has no `1 + w` offset).  Always computed in f32, result in the input dtype.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(dim, "weight")?.to_dtype(DType::F32)?;
+        Ok(Self { weight, eps })
+    }
+
+    /// The parameter-free variant (`with_scale=False`): a weight of ones.
+    pub fn without_weight(dim: usize, eps: f64, device: &candle_core::Device) -> Result<Self> {
+        let weight = Tensor::ones(dim, DType::F32, device)?;
+        Ok(Self { weight, eps })
+    }
+
+    /// Variant for parameters stored as a bare tensor rather than `<name>.weight`.
+    pub fn from_weight(weight: Tensor, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: weight.to_dtype(DType::F32)?,
+            eps,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?.to_dtype(dtype)
+    }
+}
+
+/// Bias-free linear layer with the checkpoint's `[out, in]` weight.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    candle_nn::linear_no_bias(in_dim, out_dim, vb)
+}
+
+/// `x * target / sqrt(max(mean(x²), 1e-5))`: rescale `x` to the given RMS magnitude, as AltUp
+/// does when it creates and merges its streams.
+pub fn match_magnitude(x: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let magnitude = x.sqr()?.mean_keepdim(D::Minus1)?.clamp(1e-5, f64::MAX)?.sqrt()?;
+    x.broadcast_mul(target)?.broadcast_div(&magnitude)
+}
+
+/// Root mean square over the last dimension, without epsilon.
+pub fn rms(x: &Tensor) -> Result<Tensor> {
+    x.sqr()?.mean_keepdim(D::Minus1)?.sqrt()
+}
+
+/// `cap * tanh(x / cap)`.
+pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
+    (x / cap)?.tanh()? * cap
+}
