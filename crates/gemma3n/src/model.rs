@@ -198,7 +198,10 @@ impl Gemma3nModel {
                     slots.len()
                 )));
             }
-            let base: usize = rows.iter().map(|r| r.dim(0)).sum::<candle_core::Result<_>>()?;
+            let base: usize = rows
+                .iter()
+                .map(|r| r.dim(0))
+                .sum::<candle_core::Result<_>>()?;
             for (k, slot) in slots.into_iter().enumerate() {
                 index[slot] = (base + k) as u32;
             }
@@ -256,12 +259,16 @@ impl Gemma3nModel {
 impl Gemma3nModel {
     /// Soft embeddings `[n, vision_soft_tokens_per_image, D]` for pixel values `[n, 3, H, W]`.
     pub fn encode_images(&self, _pixel_values: &Tensor) -> Result<Tensor> {
-        Err(Error::Input("the vision tower is not implemented yet".into()))
+        Err(Error::Input(
+            "the vision tower is not implemented yet".into(),
+        ))
     }
 
     /// Soft embeddings `[n, audio_soft_tokens_per_image, D]` (padded with the audio padding
     /// embedding) for log-mel `features` `[n, frames, mel]` and `valid` `[n, frames]` (u8).
     pub fn encode_audio(&self, _features: &Tensor, _valid: &Tensor) -> Result<Tensor> {
-        Err(Error::Input("the audio tower is not implemented yet".into()))
+        Err(Error::Input(
+            "the audio tower is not implemented yet".into(),
+        ))
     }
 }
