@@ -110,7 +110,7 @@ fn prompts(dir: &Path) -> Vec<(&'static str, Vec<Message>)> {
 
 #[test]
 fn template_renders_like_the_reference() {
-    for variant in ["C", "D"] {
+    for variant in ["C", "D", "E"] {
         let golden = golden_json(variant);
         let enc = encoder(variant);
         for (name, messages) in prompts(&fixture(variant)) {
@@ -126,7 +126,7 @@ fn template_renders_like_the_reference() {
 
 #[test]
 fn token_ids_match_the_reference_processor() {
-    for variant in ["C", "D"] {
+    for variant in ["C", "D", "E"] {
         let enc = encoder(variant);
         for (name, messages) in prompts(&fixture(variant)) {
             let ids = enc.encode(&messages).unwrap().ids;
