@@ -16,7 +16,6 @@ use crate::chat::{Message, Part};
 use crate::image::ImageProcessor;
 use crate::prompt::PromptEncoder;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::stream::TextStream;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -253,7 +252,7 @@ impl Engine {
         let (mut logits, prompt_tokens, reused) = self.prefill(messages)?;
         let prefill_s = start.elapsed().as_secs_f64();
         let mut sampler = Sampler::new(params);
-        let mut stream = TextStream::new(self.prompt.tokenizer());
+        let mut stream = self.prompt.text_stream();
         let mut token_ids = Vec::new();
         let mut text = String::new();
         let mut ttft_ms = 0.0;
