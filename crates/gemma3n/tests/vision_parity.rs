@@ -158,6 +158,43 @@ fn batched_images_are_independent() {
     );
 }
 
+/// Two images in one prompt: the first image's rows fill the first run of soft-token slots.  With
+/// causal attention everything up to the end of the first run must equal the single-image
+/// reference, and swapping the images must change it.
+#[test]
+fn two_images_fill_their_slots_in_order() {
+    let model = load("C");
+    let golden = Golden::open("C");
+    let image_token = model.config().image_token_id;
+    let ids = golden.ids("image.input_ids");
+    let start = ids.iter().position(|&t| t == image_token).unwrap();
+    let end = ids.iter().rposition(|&t| t == image_token).unwrap() + 1;
+    let two: Vec<u32> = [&ids[..end], &ids[start..end], &ids[end..]].concat();
+    let a = golden.f32("image.pixel_values");
+    let b = a.flip(&[2]).unwrap();
+    let run = |first: &Tensor, second: &Tensor| {
+        let images = model
+            .encode_images(&Tensor::cat(&[first, second], 0).unwrap())
+            .unwrap();
+        let media = MediaEmbeddings {
+            images: Some(images),
+            audio: None,
+        };
+        model
+            .forward(&ids_tensor(&two), &media, &mut model.new_cache())
+            .unwrap()
+            .narrow(1, 0, end)
+            .unwrap()
+    };
+    let expected = golden.f32("image.logits").narrow(1, 0, end).unwrap();
+    assert_close("first image of two", &run(&a, &b), &expected, LOGITS_TOL);
+    let swapped = common::max_abs_diff(&run(&b, &a), &expected);
+    assert!(
+        swapped > 1e-2,
+        "swapping the images should change the logits ({swapped})"
+    );
+}
+
 #[test]
 fn bad_pixel_values_are_rejected() {
     let model = load("D");
