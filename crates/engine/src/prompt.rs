@@ -151,11 +151,7 @@ impl PromptEncoder {
                     .iter()
                     .map(|p| match p {
                         Part::Text { text } => {
-                            let t = if keep_whitespace {
-                                text.as_str()
-                            } else {
-                                text.trim()
-                            };
+                            let t = if keep_whitespace { text.as_str() } else { text.trim() };
                             texts.push(t.to_owned());
                             Part::Text {
                                 text: format!("{QUOTE_OPEN}{}{QUOTE_CLOSE}", texts.len() - 1),
