@@ -202,10 +202,7 @@ impl Gemma3nModel {
                     slots.len()
                 )));
             }
-            let base: usize = rows
-                .iter()
-                .map(|r| r.dim(0))
-                .sum::<candle_core::Result<_>>()?;
+            let base: usize = rows.iter().map(|r| r.dim(0)).sum::<candle_core::Result<_>>()?;
             for (k, slot) in slots.into_iter().enumerate() {
                 index[slot] = (base + k) as u32;
             }
