@@ -5,8 +5,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::arch::{make_divisible, BlockKind, BlockSpec, PadType};
-use super::conv::{norm_act, Conv2d, ConvNormAct, ConvSpec, LayerScale, NORM_EPS};
-use crate::nn::RmsNorm;
+use super::conv::{Conv2d, ConvNormAct, ConvSpec, LayerScale, RmsNorm2d};
 
 #[derive(Debug, Clone)]
 pub enum Block {
@@ -48,9 +47,9 @@ fn has_skip(spec: &BlockSpec) -> bool {
 #[derive(Debug, Clone)]
 pub struct EdgeResidual {
     conv_exp: Conv2d,
-    bn1: RmsNorm,
+    bn1: RmsNorm2d,
     conv_pwl: Conv2d,
-    bn2: RmsNorm,
+    bn2: RmsNorm2d,
     has_skip: bool,
 }
 
@@ -79,9 +78,9 @@ impl EdgeResidual {
             .group_size(group_size, mid);
         Ok(Self {
             conv_exp: Conv2d::new(exp, vb.pp("conv_exp"))?,
-            bn1: RmsNorm::new(mid, NORM_EPS, vb.pp("bn1"))?,
+            bn1: RmsNorm2d::new(mid, true, vb.pp("bn1"))?,
             conv_pwl: Conv2d::new(ConvSpec::new(mid, out, pw_kernel, pad), vb.pp("conv_pwl"))?,
-            bn2: RmsNorm::new(out, NORM_EPS, vb.pp("bn2"))?,
+            bn2: RmsNorm2d::new(out, false, vb.pp("bn2"))?,
             has_skip: has_skip(spec),
         })
     }
@@ -89,8 +88,8 @@ impl EdgeResidual {
 
 impl Module for EdgeResidual {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = norm_act(&self.bn1, &self.conv_exp.forward(x)?, true)?;
-        let y = norm_act(&self.bn2, &self.conv_pwl.forward(&y)?, false)?;
+        let y = self.bn1.forward(&self.conv_exp.forward(x)?)?;
+        let y = self.bn2.forward(&self.conv_pwl.forward(&y)?)?;
         if self.has_skip {
             y + x
         } else {
@@ -225,7 +224,7 @@ impl ApplyOptional for Tensor {
 /// then a 1×1 projection to the single shared head.
 #[derive(Debug, Clone)]
 struct KvBranch {
-    down: Option<(Conv2d, RmsNorm)>,
+    down: Option<(Conv2d, RmsNorm2d)>,
     proj: Conv2d,
 }
 
@@ -234,7 +233,7 @@ impl KvBranch {
         let down = match down {
             Some(conv) => Some((
                 Conv2d::new(conv, vb.pp("down_conv"))?,
-                RmsNorm::new(dim, NORM_EPS, vb.pp("norm"))?,
+                RmsNorm2d::new(dim, false, vb.pp("norm"))?,
             )),
             None => None,
         };
@@ -259,7 +258,7 @@ impl KvBranch {
 /// `norm` → multi-query attention → layer scale → residual.
 #[derive(Debug, Clone)]
 pub struct MobileAttention {
-    norm: RmsNorm,
+    norm: RmsNorm2d,
     query: Conv2d,
     key: KvBranch,
     value: KvBranch,
@@ -287,7 +286,7 @@ impl MobileAttention {
         let down = (kv_stride > 1)
             .then(|| ConvSpec::depthwise(dim, dw_kernel, pad).stride(kv_stride, spec.dilation));
         Ok(Self {
-            norm: RmsNorm::new(dim, NORM_EPS, vb.pp("norm"))?,
+            norm: RmsNorm2d::new(dim, false, vb.pp("norm"))?,
             query: Conv2d::new(
                 ConvSpec::new(dim, num_heads * key_dim, 1, pad),
                 attn.pp("query.proj"),

@@ -9,11 +9,10 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::arch::PadType;
-use super::kernels::{DepthwiseConv, Im2Col, Window};
-use crate::nn::RmsNorm;
+use super::kernels::{DepthwiseConv, Im2Col, RmsNormAct, Window};
 
 /// timm's RmsNorm2d eps.
-pub const NORM_EPS: f64 = 1e-6;
+const NORM_EPS: f32 = 1e-6;
 
 /// Padding `(before, after)` along one axis of size `n`.  TF "SAME" pads so that the output is
 /// `ceil(n / stride)` and puts the odd pixel after; the symmetric form is PyTorch's `k // 2` style.
@@ -223,37 +222,58 @@ impl Module for Conv2d {
     }
 }
 
-/// timm `ConvNormAct`: `conv` → `bn` (an RmsNorm2d despite the name) → GELU (tanh) if `act`.
+/// timm `RmsNorm2d` over the channel (last) axis, in f32, followed by GELU (tanh form) when it
+/// stands for a `RmsNormAct2d`.  timm calls these `bn` or `norm` in the checkpoint.
+#[derive(Debug, Clone)]
+pub struct RmsNorm2d {
+    weight: Tensor,
+    act: bool,
+}
+
+impl RmsNorm2d {
+    pub fn new(chs: usize, act: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(chs, "weight")?.to_dtype(DType::F32)?,
+            act,
+        })
+    }
+}
+
+impl Module for RmsNorm2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let op = RmsNormAct {
+            eps: NORM_EPS,
+            act: self.act,
+        };
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return x.contiguous()?.apply_op2_no_bwd(&self.weight, &op);
+        }
+        let xf = x.to_dtype(DType::F32)?.contiguous()?;
+        let y = candle_nn::ops::rms_norm(&xf, &self.weight, NORM_EPS)?;
+        let y = if self.act { y.gelu()? } else { y };
+        y.to_dtype(x.dtype())
+    }
+}
+
+/// timm `ConvNormAct`: `conv` → `bn` → GELU if `act`.
 #[derive(Debug, Clone)]
 pub struct ConvNormAct {
     conv: Conv2d,
-    bn: RmsNorm,
-    act: bool,
+    bn: RmsNorm2d,
 }
 
 impl ConvNormAct {
     pub fn new(spec: ConvSpec, act: bool, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             conv: Conv2d::new(spec, vb.pp("conv"))?,
-            bn: RmsNorm::new(spec.out_chs, NORM_EPS, vb.pp("bn"))?,
-            act,
+            bn: RmsNorm2d::new(spec.out_chs, act, vb.pp("bn"))?,
         })
     }
 }
 
 impl Module for ConvNormAct {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        norm_act(&self.bn, &self.conv.forward(x)?, self.act)
-    }
-}
-
-/// RmsNorm2d over the channel (last) axis, then GELU (tanh approximation) if `act`.
-pub fn norm_act(norm: &RmsNorm, x: &Tensor, act: bool) -> Result<Tensor> {
-    let y = norm.forward(x)?;
-    if act {
-        y.gelu()
-    } else {
-        Ok(y)
+        self.bn.forward(&self.conv.forward(x)?)
     }
 }
 

@@ -7,13 +7,12 @@ use candle_nn::VarBuilder;
 
 use super::arch::PadType;
 use super::blocks::UniversalInvertedResidual;
-use super::conv::NORM_EPS;
-use crate::nn::RmsNorm;
+use super::conv::RmsNorm2d;
 
 #[derive(Debug, Clone)]
 pub struct MultiScaleFusionAdapter {
     ffn: UniversalInvertedResidual,
-    norm: RmsNorm,
+    norm: RmsNorm2d,
     output_resolution: (usize, usize),
 }
 
@@ -27,7 +26,7 @@ impl MultiScaleFusionAdapter {
     ) -> Result<Self> {
         Ok(Self {
             ffn: UniversalInvertedResidual::ffn(in_chs, out_chs, 2.0, pad, vb.pp("ffn"))?,
-            norm: RmsNorm::new(out_chs, NORM_EPS, vb.pp("norm"))?,
+            norm: RmsNorm2d::new(out_chs, false, vb.pp("norm"))?,
             output_resolution,
         })
     }
