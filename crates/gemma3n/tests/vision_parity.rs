@@ -202,3 +202,51 @@ fn bad_pixel_values_are_rejected() {
     let err = model.encode_images(&gray).unwrap_err().to_string();
     assert!(err.contains("[n, 3, H, W]"), "{err}");
 }
+
+/// A tiny timm encoder with the options C and D lack: non-square input, a fifth strided stage
+/// (stride turned into dilation), `dw_end`, `noskip`, a grouped edge-residual conv, four MSFA taps
+/// with nearest upsampling by non-integer ratios and a bilinear resize to the output grid
+/// (`tests/reference/make_vision_extra.py`).
+#[test]
+fn vision_tower_matches_timm_on_unusual_architecture() {
+    let dir = common::fixture_dir("vision_extra");
+    let model_args: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model_args.json")).unwrap())
+            .unwrap();
+    let cfg: gemma3n::VisionConfig = serde_json::from_value(serde_json::json!({
+        "architecture": "mobilenetv5_300m_enc",
+        "model_args": model_args,
+        "hidden_size": 2048, "vocab_size": 8, "vocab_offset": 100
+    }))
+    .unwrap();
+    let arch = gemma3n::vision::Arch::from_config(&cfg).unwrap();
+    assert!(arch.stages.iter().flatten().any(|b| b.dilation == 2));
+    let golden = Golden::open("vision_extra");
+    let file = dir.join("golden.safetensors");
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[file], DType::F32, &Device::Cpu).unwrap()
+    };
+    let tower =
+        gemma3n::vision::VisionTower::new(arch, 2048, vb.pp("model.vision_tower.timm_model"))
+            .unwrap();
+    let mut trace = VisionTrace::default();
+    let out = tower
+        .forward_traced(&golden.f32("pixel_values"), Some(&mut trace))
+        .unwrap();
+    assert_close_rel(
+        "stem_output",
+        trace.stem_output.as_ref().unwrap(),
+        &golden.f32("stem_output"),
+        INTERMEDIATE_REL,
+    );
+    assert_eq!(trace.stage_outputs.len(), 5);
+    for (i, stage) in trace.stage_outputs.iter().enumerate() {
+        assert_close_rel(
+            &format!("stage_output.{i}"),
+            stage,
+            &golden.f32(&format!("stage_output.{i}")),
+            INTERMEDIATE_REL,
+        );
+    }
+    assert_close_rel("output", &out, &golden.f32("output"), INTERMEDIATE_REL);
+}
