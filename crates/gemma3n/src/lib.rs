@@ -2,7 +2,7 @@
 //! multimodal embedders, loaded straight from Hugging Face checkpoints.
 //!
 //! The module layout follows the checkpoint: [`text`] is `model.language_model`, [`embedder`] is
-//! `model.embed_vision` / `model.embed_audio`, [`model`] ties them into
+//! `model.embed_vision` / `model.embed_audio`, [`vision`] is `model.vision_tower`, [`model`] ties them into
 //! `Gemma3nForConditionalGeneration`.
 
 pub mod config;
@@ -12,6 +12,7 @@ pub mod loader;
 pub mod model;
 pub mod nn;
 pub mod text;
+pub mod vision;
 
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;

@@ -2,6 +2,7 @@
 //! use) the towers, behind one entry point that turns token ids plus media into logits.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -11,6 +12,7 @@ use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
 use crate::loader::Checkpoint;
 use crate::text::{TextModel, Trace};
+use crate::vision::{Arch, VisionTower};
 use crate::{Error, Result};
 
 /// Soft embeddings of the media in a prompt, already in the decoder's space and in prompt order:
@@ -34,6 +36,7 @@ pub struct Gemma3nModel {
     embed_audio: MultimodalEmbedder,
     /// Kept to build the towers lazily, when the first image or clip arrives.
     vb: VarBuilder<'static>,
+    vision_tower: OnceLock<VisionTower>,
 }
 
 impl Gemma3nModel {
@@ -73,6 +76,7 @@ impl Gemma3nModel {
             embed_vision,
             embed_audio,
             vb,
+            vision_tower: OnceLock::new(),
         })
     }
 
@@ -257,11 +261,60 @@ impl Gemma3nModel {
 }
 
 impl Gemma3nModel {
+    /// The MobileNet-V5 tower, built from the checkpoint on first use.  It runs in f32 unless the
+    /// model is on an accelerator in bf16 (f16 overflows in its convolutions).
+    pub fn vision_tower(&self) -> Result<&VisionTower> {
+        if let Some(tower) = self.vision_tower.get() {
+            return Ok(tower);
+        }
+        let v = &self.cfg.vision_config;
+        let arch = Arch::from_config(v)?;
+        let vb = self
+            .vb
+            .clone()
+            .set_dtype(self.vision_dtype())
+            .pp("model.vision_tower.timm_model");
+        let tower = VisionTower::new(arch, v.hidden_size, vb)
+            .map_err(|e| Error::Checkpoint(format!("vision tower: {e}")))?;
+        Ok(self.vision_tower.get_or_init(|| tower))
+    }
+
+    fn vision_dtype(&self) -> DType {
+        match self.vb.dtype() {
+            DType::BF16 if !self.vb.device().is_cpu() => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
     /// Soft embeddings `[n, vision_soft_tokens_per_image, D]` for pixel values `[n, 3, H, W]`.
-    pub fn encode_images(&self, _pixel_values: &Tensor) -> Result<Tensor> {
-        Err(Error::Input(
-            "the vision tower is not implemented yet".into(),
-        ))
+    pub fn encode_images(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let tower = self.vision_tower()?;
+        let (gh, gw) = tower.output_grid();
+        let expected = self.cfg.vision_soft_tokens_per_image;
+        if gh * gw != expected {
+            return Err(Error::Config(format!(
+                "the vision tower yields a {gh}x{gw} grid but vision_soft_tokens_per_image is {expected}"
+            )));
+        }
+        match pixel_values.dims() {
+            [_, 3, h, w] if *h > 0 && *w > 0 => {}
+            dims => {
+                return Err(Error::Input(format!(
+                    "pixel values must be [n, 3, H, W], got {dims:?}"
+                )))
+            }
+        }
+        let x = pixel_values
+            .to_device(self.device())?
+            .to_dtype(self.vision_dtype())?;
+        // Channels-last features are already [n, row, col, C]: row-major tokens.
+        let features = tower.features(&x, None)?;
+        let (n, _, _, c) = features.dims4()?;
+        let scale = (self.cfg.vision_config.hidden_size as f64).sqrt();
+        let scaled = (features.reshape((n, gh * gw, c))? * scale)?;
+        Ok(self
+            .embed_vision
+            .embed_features(&scaled.to_dtype(self.dtype())?)?)
     }
 
     /// Soft embeddings `[n, audio_soft_tokens_per_image, D]` (padded with the audio padding
