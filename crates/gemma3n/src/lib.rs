@@ -5,6 +5,7 @@
 //! `model.embed_vision` / `model.embed_audio`, [`model`] ties them into
 //! `Gemma3nForConditionalGeneration`.
 
+pub mod audio;
 pub mod config;
 pub mod embedder;
 pub mod kv_cache;
@@ -13,6 +14,7 @@ pub mod model;
 pub mod nn;
 pub mod text;
 
+pub use audio::{AudioEncoder, AudioEncoding};
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;
 pub use loader::Checkpoint;
