@@ -57,9 +57,8 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.is_file() {
         let text = std::fs::read_to_string(&index)
             .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", index.display())))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::Checkpoint(format!("{} is not valid JSON: {e}", index.display()))
-        })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Checkpoint(format!("{} is not valid JSON: {e}", index.display())))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

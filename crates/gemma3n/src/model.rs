@@ -202,10 +202,7 @@ impl Gemma3nModel {
                     slots.len()
                 )));
             }
-            let base: usize = rows
-                .iter()
-                .map(|r| r.dim(0))
-                .sum::<candle_core::Result<_>>()?;
+            let base: usize = rows.iter().map(|r| r.dim(0)).sum::<candle_core::Result<_>>()?;
             for (k, slot) in slots.into_iter().enumerate() {
                 index[slot] = (base + k) as u32;
             }
@@ -263,9 +260,7 @@ impl Gemma3nModel {
 impl Gemma3nModel {
     /// Soft embeddings `[n, vision_soft_tokens_per_image, D]` for pixel values `[n, 3, H, W]`.
     pub fn encode_images(&self, _pixel_values: &Tensor) -> Result<Tensor> {
-        Err(Error::Input(
-            "the vision tower is not implemented yet".into(),
-        ))
+        Err(Error::Input("the vision tower is not implemented yet".into()))
     }
 
     /// The audio tower, built from the checkpoint on first use.
