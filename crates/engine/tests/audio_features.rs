@@ -511,3 +511,51 @@ fn bad_files_get_clear_errors() {
         eprintln!("{}: {reason}", path.file_name().unwrap().to_str().unwrap());
     }
 }
+
+/// From the WAV file to logits: decode, features, tower, embeddings, decoder.
+fn wav_prompt_matches(variant: &str) {
+    let proc = processor(variant);
+    let golden = Golden::open(variant);
+    let model = gemma3n::Gemma3nModel::load(
+        &fixture_dir(variant).join("model"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let clips = proc
+        .load_file(&fixture_dir(variant).join("audio_16k_mono.wav"))
+        .unwrap();
+    let feats = proc.features(&clips).unwrap();
+    let media = gemma3n::MediaEmbeddings {
+        images: None,
+        audio: Some(model.encode_audio(&feats.features, &feats.mask).unwrap()),
+    };
+    let ids: Vec<u32> = golden
+        .0
+        .load("audio.input_ids", &Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
+    let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+    let logits = model
+        .forward(&input, &media, &mut model.new_cache())
+        .unwrap();
+    let d = max(&abs_diffs(&flat(&logits), &golden.vec("audio.logits")));
+    eprintln!("{variant} logits from the WAV file: max abs diff {d:.3e}");
+    assert!(d <= 2e-3, "{variant}: logits differ by {d}");
+}
+
+#[test]
+fn wav_prompt_matches_reference_c() {
+    wav_prompt_matches("C");
+}
+
+#[test]
+fn wav_prompt_matches_reference_d() {
+    wav_prompt_matches("D");
+}
