@@ -5,6 +5,7 @@
 //! `model.embed_vision` / `model.embed_audio`, [`vision`] is `model.vision_tower`, [`model`] ties them into
 //! `Gemma3nForConditionalGeneration`.
 
+pub mod audio;
 pub mod config;
 pub mod embedder;
 pub mod kv_cache;
@@ -14,6 +15,7 @@ pub mod nn;
 pub mod text;
 pub mod vision;
 
+pub use audio::{AudioEncoder, AudioEncoding};
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;
 pub use loader::Checkpoint;

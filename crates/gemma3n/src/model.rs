@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::audio::{AudioEncoder, AudioEncoding, AudioTrace};
 use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
@@ -37,6 +38,7 @@ pub struct Gemma3nModel {
     /// Kept to build the towers lazily, when the first image or clip arrives.
     vb: VarBuilder<'static>,
     vision_tower: OnceLock<VisionTower>,
+    audio_tower: OnceLock<AudioEncoder>,
 }
 
 impl Gemma3nModel {
@@ -77,6 +79,7 @@ impl Gemma3nModel {
             embed_audio,
             vb,
             vision_tower: OnceLock::new(),
+            audio_tower: OnceLock::new(),
         })
     }
 
@@ -317,11 +320,89 @@ impl Gemma3nModel {
             .embed_features(&scaled.to_dtype(self.dtype())?)?)
     }
 
+    /// The audio tower, built from the checkpoint on first use.
+    pub fn audio_tower(&self) -> Result<&AudioEncoder> {
+        if let Some(tower) = self.audio_tower.get() {
+            return Ok(tower);
+        }
+        let tower = AudioEncoder::new(
+            &self.cfg.audio_config,
+            self.vb.pp("model").pp("audio_tower"),
+        )?;
+        // Two threads may race to build it; both towers are identical, either one wins.
+        Ok(self.audio_tower.get_or_init(|| tower))
+    }
+
+    /// Run the audio tower on log-mel `features` `[n, frames, mel]` with `valid` `[n, frames]`
+    /// (u8, 1 = real frame), checking the shapes first.
+    pub fn audio_encoding(
+        &self,
+        features: &Tensor,
+        valid: &Tensor,
+        trace: Option<&mut AudioTrace>,
+    ) -> Result<AudioEncoding> {
+        let mel_bins = self.cfg.audio_config.input_feat_size;
+        let (n, frames, mel) = features.dims3().map_err(|_| {
+            Error::Input(format!(
+                "audio features must be [clips, frames, {mel_bins}], got {:?}",
+                features.dims()
+            ))
+        })?;
+        if mel != mel_bins {
+            return Err(Error::Input(format!(
+                "audio features have {mel} mel bins but the audio tower expects {mel_bins}"
+            )));
+        }
+        if n == 0 || frames == 0 {
+            return Err(Error::Input(format!(
+                "audio features {:?} hold no frames",
+                features.dims()
+            )));
+        }
+        if valid.dims() != [n, frames] {
+            return Err(Error::Input(format!(
+                "audio frame mask is {:?} but the features are {:?}",
+                valid.dims(),
+                features.dims()
+            )));
+        }
+        let features = features.to_dtype(self.dtype())?;
+        let valid = valid.to_dtype(DType::U8)?;
+        Ok(self.audio_tower()?.forward(&features, &valid, trace)?)
+    }
+
     /// Soft embeddings `[n, audio_soft_tokens_per_image, D]` (padded with the audio padding
     /// embedding) for log-mel `features` `[n, frames, mel]` and `valid` `[n, frames]` (u8).
-    pub fn encode_audio(&self, _features: &Tensor, _valid: &Tensor) -> Result<Tensor> {
-        Err(Error::Input(
-            "the audio tower is not implemented yet".into(),
-        ))
+    pub fn encode_audio(&self, features: &Tensor, valid: &Tensor) -> Result<Tensor> {
+        let enc = self.audio_encoding(features, valid, None)?;
+        self.embed_audio_encoding(&enc)
+    }
+
+    /// `embed_audio` of the tower output, padded positions and the remaining slots up to
+    /// `audio_soft_tokens_per_image` filled with the embedding of the last audio-vocabulary id.
+    pub fn embed_audio_encoding(&self, enc: &AudioEncoding) -> Result<Tensor> {
+        let (n, tokens, _) = enc.features.dims3()?;
+        let slots = self.cfg.audio_soft_tokens_per_image;
+        if tokens > slots {
+            return Err(Error::Input(format!(
+                "an audio clip gave {tokens} tokens but the prompt holds {slots} per clip; \
+                 split the recording into shorter clips"
+            )));
+        }
+        let soft = self.embed_audio.embed_features(&enc.features)?;
+        let d = soft.dim(2)?;
+        let pad_id = self.embed_audio.vocab_offset() + self.embed_audio.vocab_size() - 1;
+        let pad = self
+            .embed_audio
+            .embed_ids(&Tensor::new(&[pad_id], soft.device())?)?
+            .to_dtype(soft.dtype())?
+            .reshape((1, 1, d))?;
+        let valid = enc.valid.unsqueeze(2)?.broadcast_as((n, tokens, d))?;
+        let soft = valid.where_cond(&soft, &pad.broadcast_as((n, tokens, d))?)?;
+        if tokens == slots {
+            return Ok(soft);
+        }
+        let fill = pad.broadcast_as((n, slots - tokens, d))?;
+        Ok(Tensor::cat(&[&soft, &fill], 1)?)
     }
 }
