@@ -60,15 +60,12 @@ fn generate_json_reports_the_reference_greedy_tokens() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last = stdout.lines().last().unwrap();
     let report: serde_json::Value = serde_json::from_str(last).unwrap();
-    // The reference ignores stop tokens; generation stops on <eos>/<end_of_turn> and keeps it.
-    let reference: Vec<u64> = golden("D")["prompts"]["text"]["generated_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    let stop = reference.iter().position(|&id| id == 1 || id == 7);
-    let expected = &reference[..stop.map_or(reference.len(), |i| i + 1)];
+    let expected = until_stop(
+        golden("D")["prompts"]["text"]["generated_ids"]
+            .as_array()
+            .unwrap(),
+    );
+    let stopped = expected.len() < 20;
     let ids: Vec<u64> = report["token_ids"]
         .as_array()
         .unwrap()
@@ -76,7 +73,7 @@ fn generate_json_reports_the_reference_greedy_tokens() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert_eq!(ids, expected);
-    let reason = if stop.is_some() { "eos" } else { "max_tokens" };
+    let reason = if stopped { "eos" } else { "max_tokens" };
     assert_eq!(report["stop_reason"], reason);
     assert_eq!(
         report["prompt_tokens"],
@@ -251,4 +248,88 @@ fn chat_keeps_the_conversation_across_turns() {
     assert_eq!(turns.len(), 2, "{stderr}");
     // The second turn reuses the first turn's cache.
     assert!(!turns[1].contains("(0 reused)"), "{}", turns[1]);
+}
+
+/// The reference's media prompts, from the files on disk: image decoding and resizing, audio
+/// decoding and log-mel features, towers and decoder must all agree for the greedy ids to match.
+#[test]
+fn media_prompts_from_files_give_the_reference_greedy_tokens() {
+    for variant in ["C", "D", "E"] {
+        let dir = fixture(variant);
+        let image = dir.join("image.png");
+        let audio = dir.join("audio_16k_mono.wav");
+        let prompts = [
+            (
+                "image",
+                serde_json::json!([{"role": "user", "content": [
+                    {"type": "image", "path": image},
+                    {"type": "text", "text": "Describe this image in detail."}]}]),
+            ),
+            (
+                "audio",
+                serde_json::json!([{"role": "user", "content": [
+                    {"type": "audio", "path": audio},
+                    {"type": "text", "text": "Transcribe this audio clip."}]}]),
+            ),
+            (
+                "multimodal",
+                serde_json::json!([
+                    {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
+                    {"role": "user", "content": [
+                        {"type": "image", "path": image},
+                        {"type": "text", "text": "Look at the picture, then listen:"},
+                        {"type": "audio", "path": audio},
+                        {"type": "text", "text": "What do you see and hear?"}]}]),
+            ),
+        ];
+        let tmp = temp_dir(&format!("media-{variant}"));
+        for (name, messages) in prompts {
+            let file = tmp.join(format!("{name}.json"));
+            std::fs::write(&file, messages.to_string()).unwrap();
+            let model = dir.join("model");
+            let out = gemma_chat(&[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--messages",
+                file.to_str().unwrap(),
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "20",
+                "--json",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            let report: serde_json::Value =
+                serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+            let reference = &golden(variant)["prompts"][name];
+            assert_eq!(
+                report["prompt_tokens"], reference["num_tokens"],
+                "{variant}/{name}"
+            );
+            let expected = until_stop(reference["generated_ids"].as_array().unwrap());
+            let ids: Vec<u64> = report["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids, expected, "{variant}/{name}");
+        }
+        std::fs::remove_dir_all(tmp).ok();
+    }
+}
+
+/// The reference ignores stop tokens; generation stops on <eos>/<end_of_turn> and keeps it.
+fn until_stop(reference: &[serde_json::Value]) -> Vec<u64> {
+    let ids: Vec<u64> = reference.iter().map(|v| v.as_u64().unwrap()).collect();
+    match ids.iter().position(|&id| id == 1 || id == 7) {
+        Some(i) => ids[..=i].to_vec(),
+        None => ids,
+    }
 }
