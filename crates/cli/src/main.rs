@@ -127,6 +127,15 @@ struct ChatArgs {
     /// System prompt for the conversation.
     #[arg(long)]
     system: Option<String>,
+    /// Speak each turn: an empty line starts recording from the microphone, Enter stops it.
+    #[arg(long)]
+    mic: bool,
+    /// Input device for --mic and /mic (default: the system's default input).
+    #[arg(long)]
+    mic_device: Option<String>,
+    /// Longest recording, in seconds (longer speech is cut there and said so).
+    #[arg(long, default_value_t = 120.0)]
+    mic_max_seconds: f64,
 }
 
 fn main() -> ExitCode {
@@ -234,6 +243,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     })?;
     writeln!(stdout)?;
     if args.json {
+        for split in &report.audio_splits {
+            eprintln!("[audio {split}]");
+        }
         writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
     } else {
         eprintln!("{}", summary(&report));
@@ -242,7 +254,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 fn summary(report: &GenerationReport) -> String {
-    format!(
+    let mut lines: Vec<String> = report
+        .audio_splits
+        .iter()
+        .map(|s| format!("[audio {s}]"))
+        .collect();
+    lines.push(format!(
         "[{} prompt tokens ({} reused), {} generated, stop: {:?}, TTFT {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
         report.prompt_tokens,
         report.reused_tokens,
@@ -251,7 +268,8 @@ fn summary(report: &GenerationReport) -> String {
         report.ttft_ms,
         report.prefill_tok_s,
         report.decode_tok_s
-    )
+    ));
+    lines.join("\n")
 }
 
 fn forward(args: ForwardArgs) -> Result<()> {
@@ -296,9 +314,11 @@ fn chat(args: ChatArgs) -> Result<()> {
     }
     let mut pending: Vec<Part> = Vec::new();
     eprintln!(
-        "Chatting with {}. Commands: /image PATH, /audio PATH, /reset, /quit (or Ctrl-D). Ctrl-C stops a reply.",
-        engine.model_dir().display()
+        "Chatting with {}. Commands: /image PATH, /audio PATH, /mic, /reset, /quit (or Ctrl-D). Ctrl-C stops a reply.{}",
+        engine.model_dir().display(),
+        if args.mic { " Press Enter on an empty line to speak." } else { "" }
     );
+    let mut recordings = 0;
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
@@ -308,8 +328,22 @@ fn chat(args: ChatArgs) -> Result<()> {
             break;
         }
         let input = line.trim();
-        if input.is_empty() {
+        if input.is_empty() && !args.mic {
             continue;
+        }
+        if input.is_empty() || input == "/mic" {
+            recordings += 1;
+            match record_from_mic(&args, recordings) {
+                Ok(path) => pending.push(Part::Audio { path }),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    continue;
+                }
+            }
+            // A spoken turn is sent at once; after /mic the user may still type text.
+            if input == "/mic" {
+                continue;
+            }
         }
         match input.split_once(' ').unwrap_or((input, "")) {
             ("/quit" | "/exit", _) => break,
@@ -337,9 +371,11 @@ fn chat(args: ChatArgs) -> Result<()> {
             _ => {}
         }
         let mut content = std::mem::take(&mut pending);
-        content.push(Part::Text {
-            text: input.to_string(),
-        });
+        if !input.is_empty() {
+            content.push(Part::Text {
+                text: input.to_string(),
+            });
+        }
         messages.push(Message {
             role: Role::User,
             content,
@@ -363,6 +399,35 @@ fn chat(args: ChatArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Record until Enter (or the maximum length), showing a level meter; returns the saved WAV.
+fn record_from_mic(args: &ChatArgs, n: usize) -> Result<PathBuf> {
+    let options = mic::MicOptions {
+        device: args.mic_device.clone(),
+        max_seconds: args.mic_max_seconds,
+    };
+    let recorder = mic::record(&options, |level: mic::Level| {
+        let bars = ((level.rms.max(1e-6).log10() + 3.0) / 3.0 * 30.0).clamp(0.0, 30.0) as usize;
+        eprint!("\r● {:5.1} s {:<30}", level.seconds, "█".repeat(bars));
+    })?;
+    eprintln!(
+        "Recording from {} — press Enter to stop.",
+        recorder.device_name()
+    );
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let recording = recorder.stop()?;
+    eprintln!();
+    if recording.reached_max {
+        eprintln!(
+            "(the recording reached the {} s maximum and was cut there)",
+            args.mic_max_seconds
+        );
+    }
+    let path = std::env::temp_dir().join(format!("gemma-chat-mic-{}-{n}.wav", std::process::id()));
+    recording.save_wav(&path)?;
+    Ok(path)
 }
 
 fn existing(path: &str) -> Result<PathBuf> {

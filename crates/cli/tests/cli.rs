@@ -333,3 +333,74 @@ fn until_stop(reference: &[serde_json::Value]) -> Vec<u64> {
         None => ids,
     }
 }
+
+#[test]
+fn mic_without_an_input_device_is_a_clear_error() {
+    use std::io::Write;
+    if mic::input_device_names().is_ok_and(|d| !d.is_empty()) {
+        return; // a machine with a microphone: nothing to check here
+    }
+    let model = fixture("D").join("model");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-chat"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--mic"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\n/quit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("microphone") || stderr.contains("input device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_long_recording_is_split_and_the_split_is_reported() {
+    let dir = temp_dir("long");
+    let wav = dir.join("long.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for i in 0..16_000 * 8 {
+        let t = i as f32 / 16_000.0;
+        // A tone with a short pause every second, where a clip can end.
+        let on = (t % 1.0) < 0.8;
+        let s = if on {
+            (t * 440.0 * std::f32::consts::TAU).sin() * 0.3
+        } else {
+            0.0
+        };
+        w.write_sample((s * 32767.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let model = fixture("D").join("model");
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "What is this?",
+        "--audio",
+        wav.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The tiny model's clips hold about a second (its audio_soft_tokens_per_image is small).
+    assert!(stderr.contains("8.0 s recording split into"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["audio_splits"].as_array().unwrap().len(), 1);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -56,6 +56,19 @@ pub struct GenerationReport {
     pub ttft_ms: f64,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
+    /// How long recordings were split into clips (one line per split recording).
+    pub audio_splits: Vec<String>,
+}
+
+/// The result of running a prompt up to its last position.
+#[derive(Debug, Clone)]
+pub struct Prefill {
+    /// Logits of the last position.
+    pub logits: Vec<f32>,
+    pub prompt_tokens: usize,
+    /// Positions served from the cache of the previous call.
+    pub reused_tokens: usize,
+    pub audio_splits: Vec<String>,
 }
 
 /// One media attachment after preprocessing, in prompt order.
@@ -72,6 +85,7 @@ struct PreparedPrompt {
     /// so that two prompts share a cached prefix only where their media are identical too.
     keys: Vec<u64>,
     media: Vec<(Media, std::ops::Range<usize>)>,
+    audio_splits: Vec<String>,
 }
 
 /// The KV cache and the keys of the positions it holds.
@@ -216,8 +230,7 @@ impl Engine {
     }
 
     /// Last-position logits for `messages`, reusing the cached prefix of the previous call.
-    /// Returns the logits, the prompt length and how many positions came from the cache.
-    pub fn prefill(&mut self, messages: &[Message]) -> Result<(Vec<f32>, usize, usize)> {
+    pub fn prefill(&mut self, messages: &[Message]) -> Result<Prefill> {
         let prepared = self.prepare(messages)?;
         self.check_length(prepared.ids.len())?;
         let reused = self.reusable_prefix(&prepared);
@@ -231,7 +244,12 @@ impl Engine {
         {
             Ok(logits) => {
                 self.state.keys = prepared.keys;
-                Ok((logits.squeeze(0)?.to_vec1()?, prepared.ids.len(), reused))
+                Ok(Prefill {
+                    logits: logits.squeeze(0)?.to_vec1()?,
+                    prompt_tokens: prepared.ids.len(),
+                    reused_tokens: reused,
+                    audio_splits: prepared.audio_splits,
+                })
             }
             Err(e) => {
                 self.reset();
@@ -249,7 +267,12 @@ impl Engine {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerationReport> {
         let start = Instant::now();
-        let (mut logits, prompt_tokens, reused) = self.prefill(messages)?;
+        let Prefill {
+            mut logits,
+            prompt_tokens,
+            reused_tokens: reused,
+            audio_splits,
+        } = self.prefill(messages)?;
         let prefill_s = start.elapsed().as_secs_f64();
         let mut sampler = Sampler::new(params);
         let mut stream = self.prompt.text_stream();
@@ -303,6 +326,7 @@ impl Engine {
             } else {
                 0.0
             },
+            audio_splits,
         })
     }
 
@@ -370,6 +394,7 @@ impl Engine {
     /// Load the media, give each audio clip its own audio part, encode, and locate the runs.
     fn prepare(&self, messages: &[Message]) -> Result<PreparedPrompt> {
         let mut media = Vec::new();
+        let mut audio_splits = Vec::new();
         let mut expanded = Vec::with_capacity(messages.len());
         for message in messages {
             let mut content = Vec::with_capacity(message.content.len());
@@ -384,7 +409,11 @@ impl Engine {
                         content.push(part.clone());
                     }
                     Part::Audio { path } => {
-                        for clip in self.audio.load_file(path)? {
+                        let split = self.audio.load(path)?;
+                        if split.was_split() {
+                            audio_splits.push(format!("{}: {}", path.display(), split.describe()));
+                        }
+                        for clip in split.into_samples() {
                             media.push(Media::AudioClip(clip));
                             content.push(part.clone());
                         }
@@ -428,6 +457,7 @@ impl Engine {
             ids,
             keys,
             media: media.into_iter().zip(spans).collect(),
+            audio_splits,
         })
     }
 }

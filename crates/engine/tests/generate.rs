@@ -113,7 +113,12 @@ fn follow_up_turn_reuses_the_cache_with_identical_logits() {
     second.push(Message::text(Role::Assistant, report.text.clone()));
     second.push(Message::text(Role::User, "And a dog?"));
 
-    let (reused_logits, prompt_len, reused) = warm.prefill(&second).unwrap();
+    let warm_prefill = warm.prefill(&second).unwrap();
+    let (reused_logits, prompt_len, reused) = (
+        warm_prefill.logits,
+        warm_prefill.prompt_tokens,
+        warm_prefill.reused_tokens,
+    );
     // At least the whole first prompt comes from the cache.
     assert!(
         reused >= report.prompt_tokens,
@@ -122,8 +127,9 @@ fn follow_up_turn_reuses_the_cache_with_identical_logits() {
     );
 
     let mut cold = engine("C");
-    let (fresh_logits, fresh_len, fresh_reused) = cold.prefill(&second).unwrap();
-    assert_eq!((fresh_len, fresh_reused), (prompt_len, 0));
+    let fresh = cold.prefill(&second).unwrap();
+    assert_eq!((fresh.prompt_tokens, fresh.reused_tokens), (prompt_len, 0));
+    let fresh_logits = fresh.logits;
     let max_diff = reused_logits
         .iter()
         .zip(&fresh_logits)
@@ -135,8 +141,8 @@ fn follow_up_turn_reuses_the_cache_with_identical_logits() {
     );
 
     // Regenerating the same prompt reuses all but the last position.
-    let (_, len, reused) = warm.prefill(&second).unwrap();
-    assert_eq!(reused, len - 1);
+    let again = warm.prefill(&second).unwrap();
+    assert_eq!(again.reused_tokens, again.prompt_tokens - 1);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! level callback for a meter and a maximum length.
 
 mod convert;
+mod wav;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub enum MicError {
     Device { device: String, reason: String },
     #[error("audio conversion: {0}")]
     Convert(String),
+    #[error("cannot save the recording to {path}: {reason}")]
+    Save { path: String, reason: String },
 }
 
 /// What to record from and for how long.
