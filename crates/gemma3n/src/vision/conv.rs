@@ -106,7 +106,7 @@ impl ConvSpec {
 
     /// timm's `group_size` convention: 0 = dense, otherwise channels per group.
     pub fn group_size(self, group_size: usize, chs: usize) -> Self {
-        let groups = if group_size == 0 { 1 } else { chs / group_size };
+        let groups = chs.checked_div(group_size).unwrap_or(1);
         Self { groups, ..self }
     }
 }
