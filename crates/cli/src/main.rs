@@ -193,11 +193,11 @@ fn sampling(engine: &Engine, args: &SamplingArgs) -> Result<SamplingParams> {
         max_new_tokens: args.max_new_tokens,
         seed: args.seed,
     };
-    if !(params.temperature >= 0.0 && params.temperature.is_finite()) {
+    if !params.temperature.is_finite() || params.temperature < 0.0 {
         bail!("--temperature must be a finite number ≥ 0");
     }
     if let Some(p) = params.top_p {
-        if !(p > 0.0 && p <= 1.0) {
+        if !(0.0..=1.0).contains(&p) || p == 0.0 {
             bail!("--top-p must be in (0, 1]");
         }
     }
