@@ -37,7 +37,7 @@ impl Converter {
                 "cannot capture {channels} channels at {rate} Hz"
             )));
         }
-        if !(max_seconds > 0.0) {
+        if max_seconds.is_nan() || max_seconds <= 0.0 {
             return Err(MicError::Convert(format!(
                 "maximum length must be positive, got {max_seconds} s"
             )));

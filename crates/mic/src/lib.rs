@@ -210,7 +210,7 @@ where
     let data = Arc::clone(shared);
     let errors = Arc::clone(shared);
     device.build_input_stream::<T, _, _>(
-        config.clone(),
+        *config,
         move |samples: &[T], _| {
             let Ok(mut s) = data.lock() else { return };
             if s.converter.is_full() || s.error.is_some() {

@@ -171,7 +171,7 @@ fn mel_filters(cfg: &FeatureExtractorConfig, fft_length: usize) -> Vec<MelFilter
     (0..n_mels)
         .map(|j| {
             let weight = |f: f64| {
-                let down = (f_pts[j] - f) * -1.0 / (f_pts[j + 1] - f_pts[j]);
+                let down = (f - f_pts[j]) / (f_pts[j + 1] - f_pts[j]);
                 let up = (f_pts[j + 2] - f) / (f_pts[j + 2] - f_pts[j + 1]);
                 down.min(up).max(0.0)
             };

@@ -209,7 +209,7 @@ impl AudioProcessor {
             reason,
         };
         check_format(rate, channels).map_err(err)?;
-        if interleaved.len() % channels != 0 {
+        if !interleaved.len().is_multiple_of(channels) {
             return Err(err(format!(
                 "{} samples do not divide into {channels} channels",
                 interleaved.len()

@@ -1,0 +1,62 @@
+//! Time the audio tower on one 30-second clip at the released audio-config shape (width 1536,
+//! 12 conformer blocks, 128 mel bins) with random weights.
+//!
+//! `RAYON_NUM_THREADS=2 cargo run --release -p gemma3n --example audio_tower_bench [runs]`;
+//! compare with `tests/reference/bench_audio_tower.py` on the same machine and thread count.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use gemma3n::{AudioConfig, AudioEncoder};
+
+const REAL_AUDIO_CONFIG: &str = r#"{
+    "vocab_size": 128, "vocab_offset": 262272, "input_feat_size": 128, "hidden_size": 1536,
+    "rms_norm_eps": 1e-6, "gradient_clipping": 1e10,
+    "conf_attention_chunk_size": 12, "conf_attention_context_left": 13,
+    "conf_attention_context_right": 0, "conf_attention_logit_cap": 50.0,
+    "conf_num_attention_heads": 8, "conf_num_hidden_layers": 12, "conf_conv_kernel_size": 5,
+    "conf_reduction_factor": 4, "conf_residual_weight": 0.5,
+    "sscp_conv_channel_size": [128, 32], "sscp_conv_group_norm_eps": 1e-3,
+    "sscp_conv_kernel_size": [[3, 3], [3, 3]], "sscp_conv_stride_size": [[2, 2], [2, 2]]
+}"#;
+
+/// Frames of a 30 s clip: 480 000 samples, 513-sample windows every 160 samples.
+const FRAMES: usize = 2997;
+
+fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
+    let cfg: AudioConfig = serde_json::from_str(REAL_AUDIO_CONFIG)?;
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    // A first build creates every weight in the var map; they get random values, then the tower
+    // is built again so that weights it derives at load time see them too.
+    AudioEncoder::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    for var in varmap.all_vars() {
+        var.set(&Tensor::randn(0f32, 0.05, var.shape(), &dev)?)?;
+    }
+    let tower = AudioEncoder::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let mel = Tensor::randn(0f32, 1.0, (1, FRAMES, cfg.input_feat_size), &dev)?;
+    let valid = Tensor::ones((1, FRAMES), DType::U8, &dev)?;
+
+    let start = Instant::now();
+    let out = tower.forward(&mel, &valid, None)?;
+    println!(
+        "warm-up: {:.3} s, output {:?}",
+        start.elapsed().as_secs_f64(),
+        out.features.dims()
+    );
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        tower.forward(&mel, &valid, None)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "audio tower, 30 s clip ({FRAMES} frames): median {:.3} s, min {:.3} s over {runs} runs",
+        times[runs / 2],
+        times[0]
+    );
+    Ok(())
+}

@@ -1,0 +1,50 @@
+"""Time transformers' Gemma3nAudioEncoder on one 30-second clip at the released audio-config shape
+(default Gemma3nAudioConfig: width 1536, 12 conformer blocks, 128 mel bins), random init, fp32, CPU.
+
+    python bench_audio_tower.py [--threads 2] [--runs 3]
+
+Compare with `cargo run --release -p gemma3n --example audio_tower_bench` (RAYON_NUM_THREADS=2).
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import Gemma3nAudioConfig
+from transformers.models.gemma3n.modeling_gemma3n import Gemma3nAudioEncoder
+
+FRAMES = 2997  # 480 000 samples, 513-sample windows every 160 samples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = Gemma3nAudioConfig()
+    model = Gemma3nAudioEncoder(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    mel = torch.randn(1, FRAMES, cfg.input_feat_size)
+    padding = torch.zeros(1, FRAMES, dtype=torch.bool)  # the encoder's mask is True = padding
+    with torch.inference_mode():
+        t = time.perf_counter()
+        out = model(mel, padding)
+        print(f"warm-up: {time.perf_counter() - t:.3f} s, output {tuple(out.last_hidden_state.shape)}")
+        times = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            model(mel, padding)
+            times.append(time.perf_counter() - t)
+    print(
+        f"transformers audio tower, 30 s clip ({FRAMES} frames), {args.threads} threads: "
+        f"median {statistics.median(times):.3f} s, min {min(times):.3f} s over {args.runs} runs"
+    )
+
+
+if __name__ == "__main__":
+    main()
