@@ -184,7 +184,10 @@ impl TextConfig {
         };
         check("layer_types", self.layer_types().len())?;
         check("intermediate_size", self.intermediate_sizes().len())?;
-        check("activation_sparsity_pattern", self.activation_sparsity().len())?;
+        check(
+            "activation_sparsity_pattern",
+            self.activation_sparsity().len(),
+        )?;
         if self.num_kv_shared_layers >= n {
             return Err(Error::Config(format!(
                 "num_kv_shared_layers ({}) must be smaller than num_hidden_layers ({n})",
@@ -198,7 +201,9 @@ impl TextConfig {
             )));
         }
         if self.altup_num_inputs == 0 || self.altup_active_idx >= self.altup_num_inputs {
-            return Err(Error::Config("altup_active_idx outside altup_num_inputs".into()));
+            return Err(Error::Config(
+                "altup_active_idx outside altup_num_inputs".into(),
+            ));
         }
         for l in self.first_kv_shared_layer()..n {
             if self.kv_donor(l).is_none() {
@@ -279,8 +284,8 @@ pub struct Gemma3nConfig {
 
 impl Gemma3nConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("config.json: {e}")))?;
+        let cfg: Self =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
         cfg.text_config.validate()?;
         Ok(cfg)
     }

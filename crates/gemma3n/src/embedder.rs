@@ -32,11 +32,7 @@ impl MultimodalEmbedder {
             hard_embedding_norm: RmsNorm::new(width, eps, vb.pp("hard_embedding_norm"))?,
             soft_embedding_norm: RmsNorm::new(width, eps, vb.pp("soft_embedding_norm"))?,
             embedding_projection: linear(width, text_hidden, vb.pp("embedding_projection"))?,
-            embedding_post_projection_norm: RmsNorm::without_weight(
-                text_hidden,
-                eps,
-                vb.device(),
-            )?,
+            embedding_post_projection_norm: RmsNorm::without_weight(text_hidden, eps, vb.device())?,
             vocab_offset: vocab_offset as u32,
             vocab_size: vocab_size as u32,
         })
@@ -59,7 +55,11 @@ impl MultimodalEmbedder {
     pub fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
         let local = (ids.to_dtype(candle_core::DType::I64)? - self.vocab_offset as f64)?
             .to_dtype(candle_core::DType::U32)?;
-        self.project(&self.hard_embedding_norm.forward(&self.embedding.forward(&local)?)?)
+        self.project(
+            &self
+                .hard_embedding_norm
+                .forward(&self.embedding.forward(&local)?)?,
+        )
     }
 
     /// Soft path for tower features `[.., width]`.

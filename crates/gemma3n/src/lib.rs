@@ -5,6 +5,7 @@
 //! `model.embed_vision` / `model.embed_audio`, [`model`] ties them into
 //! `Gemma3nForConditionalGeneration`.
 
+pub mod bench;
 pub mod config;
 pub mod embedder;
 pub mod kv_cache;
@@ -17,7 +18,7 @@ pub mod text;
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;
 pub use loader::{Checkpoint, EmbeddingTable};
-pub use model::{Gemma3nModel, LoadOptions, MediaEmbeddings};
+pub use model::{parse_device, Gemma3nModel, LoadOptions, MediaEmbeddings};
 pub use quant::{QLinear, WeightFormat};
 
 /// Errors of the model library.  Candle errors keep their text, which names the tensor involved.

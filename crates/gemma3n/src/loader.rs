@@ -97,9 +97,9 @@ impl Checkpoint {
     }
 
     fn entry(&self, name: &str) -> candle_core::Result<&Entry> {
-        self.index
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} is not in the checkpoint")))
+        self.index.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("tensor {name} is not in the checkpoint"))
+        })
     }
 
     fn read(&self, name: &str) -> candle_core::Result<Tensor> {
@@ -234,8 +234,9 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.is_file() {
         let text = std::fs::read_to_string(&index)
             .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", index.display())))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Checkpoint(format!("{} is not valid JSON: {e}", index.display())))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::Checkpoint(format!("{} is not valid JSON: {e}", index.display()))
+        })?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

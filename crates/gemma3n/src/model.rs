@@ -39,6 +39,31 @@ impl Default for LoadOptions {
     }
 }
 
+/// `cpu`, `cuda`, `cuda:N` or `metal`; a GPU the build lacks is reported, not panicked on.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => {
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| Error::Config(format!("bad device ordinal in {spec:?}")))?;
+            (k.to_string(), n)
+        }
+        None => (spec.clone(), 0),
+    };
+    let device = match kind.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(ordinal),
+        "metal" => Device::new_metal(ordinal),
+        _ => {
+            return Err(Error::Config(format!(
+                "unknown device {spec:?}; expected cpu, cuda[:N] or metal"
+            )))
+        }
+    };
+    device.map_err(|e| Error::Config(format!("device {spec} is not available: {e}")))
+}
+
 impl LoadOptions {
     /// Size the global rayon pool.  It can be sized once per process; a later different request
     /// is an error rather than a silent no-op.
@@ -270,7 +295,10 @@ impl Gemma3nModel {
                     slots.len()
                 )));
             }
-            let base: usize = rows.iter().map(|r| r.dim(0)).sum::<candle_core::Result<_>>()?;
+            let base: usize = rows
+                .iter()
+                .map(|r| r.dim(0))
+                .sum::<candle_core::Result<_>>()?;
             for (k, slot) in slots.into_iter().enumerate() {
                 index[slot] = (base + k) as u32;
             }
@@ -328,12 +356,16 @@ impl Gemma3nModel {
 impl Gemma3nModel {
     /// Soft embeddings `[n, vision_soft_tokens_per_image, D]` for pixel values `[n, 3, H, W]`.
     pub fn encode_images(&self, _pixel_values: &Tensor) -> Result<Tensor> {
-        Err(Error::Input("the vision tower is not implemented yet".into()))
+        Err(Error::Input(
+            "the vision tower is not implemented yet".into(),
+        ))
     }
 
     /// Soft embeddings `[n, audio_soft_tokens_per_image, D]` (padded with the audio padding
     /// embedding) for log-mel `features` `[n, frames, mel]` and `valid` `[n, frames]` (u8).
     pub fn encode_audio(&self, _features: &Tensor, _valid: &Tensor) -> Result<Tensor> {
-        Err(Error::Input("the audio tower is not implemented yet".into()))
+        Err(Error::Input(
+            "the audio tower is not implemented yet".into(),
+        ))
     }
 }

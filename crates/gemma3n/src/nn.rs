@@ -48,7 +48,11 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn
 /// `x * target / sqrt(max(mean(x²), 1e-5))`: rescale `x` to the given RMS magnitude, as AltUp
 /// does when it creates and merges its streams.
 pub fn match_magnitude(x: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let magnitude = x.sqr()?.mean_keepdim(D::Minus1)?.clamp(1e-5, f64::MAX)?.sqrt()?;
+    let magnitude = x
+        .sqr()?
+        .mean_keepdim(D::Minus1)?
+        .clamp(1e-5, f64::MAX)?
+        .sqrt()?;
     x.broadcast_mul(target)?.broadcast_div(&magnitude)
 }
 

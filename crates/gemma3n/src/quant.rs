@@ -63,9 +63,44 @@ const MIN_PACKED_ELEMENTS: usize = 1 << 16;
 
 /// A matrix `[rows, cols]` (checkpoint layout `[out, in]`) stored row by row in blocks of `T`.
 struct Packed<T: GgmlType> {
-    blocks: Vec<T>,
+    blocks: Blocks<T>,
     rows: usize,
     cols: usize,
+}
+
+/// Zero-initialised block storage in its own anonymous mapping, which on Linux asks for
+/// transparent huge pages: decoding streams every weight once per token, and 2 MiB pages cut the
+/// TLB misses of that stream.
+struct Blocks<T> {
+    map: memmap2::MmapMut,
+    len: usize,
+    _blocks: std::marker::PhantomData<T>,
+}
+
+impl<T: GgmlType> Blocks<T> {
+    fn zeroed(len: usize) -> Self {
+        let bytes = (len * std::mem::size_of::<T>()).max(1);
+        let map = memmap2::MmapMut::map_anon(bytes)
+            .unwrap_or_else(|e| panic!("cannot allocate {bytes} bytes for weights: {e}"));
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Self {
+            map,
+            len,
+            _blocks: std::marker::PhantomData,
+        }
+    }
+
+    fn as_slice(&self) -> &[T] {
+        // SAFETY: the mapping is page-aligned, `len` blocks long, and all-zero bytes are a valid
+        // block (ggml blocks are plain integers and f16 scales; `GgmlType::zeros` relies on it).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr() as *const T, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr() as *mut T, self.len) }
+    }
 }
 
 pub trait PackedMatmul: Send + Sync {
@@ -82,9 +117,13 @@ impl<T: GgmlType + 'static> Packed<T> {
     /// `fill(first_row, buf)` writes the next `buf.len() / cols` rows as f32.
     fn new(rows: usize, cols: usize, fill: &dyn Fn(usize, &mut [f32])) -> Self {
         let per_row = cols / T::BLCK_SIZE;
-        let mut blocks = vec![T::zeros(); rows * per_row];
+        let mut blocks = Blocks::<T>::zeroed(rows * per_row);
         let mut buf = vec![0f32; PACK_ROWS.min(rows) * cols];
-        for (step, dst) in blocks.chunks_mut(PACK_ROWS * per_row).enumerate() {
+        for (step, dst) in blocks
+            .as_mut_slice()
+            .chunks_mut(PACK_ROWS * per_row)
+            .enumerate()
+        {
             let n = dst.len() / per_row;
             let src = &mut buf[..n * cols];
             fill(step * PACK_ROWS, src);
@@ -105,7 +144,8 @@ impl<T: GgmlType + 'static> PackedMatmul for Packed<T> {
         xq.par_chunks_mut(per_row)
             .zip(x.par_chunks(k))
             .for_each(|(dst, src)| T::VecDotType::from_float(src, dst));
-        let w = |r: usize| &self.blocks[r * per_row..(r + 1) * per_row];
+        let blocks = self.blocks.as_slice();
+        let w = |r: usize| &blocks[r * per_row..(r + 1) * per_row];
         let a = |i: usize| &xq[i * per_row..(i + 1) * per_row];
         tiled(m, self.rows, |i, r| T::vec_dot(k, w(r), a(i)))
     }
@@ -180,17 +220,28 @@ impl fmt::Debug for QLinear {
 
 impl QLinear {
     /// Load `<vb>.weight` `[out, in]` in `format`; small or oddly shaped matrices stay dense.
-    pub fn load(in_dim: usize, out_dim: usize, format: WeightFormat, vb: VarBuilder) -> Result<Self> {
+    pub fn load(
+        in_dim: usize,
+        out_dim: usize,
+        format: WeightFormat,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if format == WeightFormat::Dense
             || !vb.device().is_cpu()
             || in_dim * out_dim < MIN_PACKED_ELEMENTS
         {
             return Ok(Self::Dense(crate::nn::linear(in_dim, out_dim, vb)?));
         }
-        let w = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Init::Const(0.), DType::F32)?;
-        let w = w.flatten_all()?.to_vec1::<f32>()?;
+        // Fetched as bf16 (what the checkpoints hold) and widened a slice at a time: no f32 copy
+        // of the whole matrix.
+        let w =
+            vb.get_with_hints_dtype((out_dim, in_dim), "weight", Init::Const(0.), DType::BF16)?;
+        let w = w.flatten_all()?.to_vec1::<bf16>()?;
         let fill = |first: usize, buf: &mut [f32]| {
-            buf.copy_from_slice(&w[first * in_dim..first * in_dim + buf.len()])
+            let src = &w[first * in_dim..first * in_dim + buf.len()];
+            for (d, s) in buf.iter_mut().zip(src) {
+                *d = s.to_f32();
+            }
         };
         Ok(Self::pack(out_dim, in_dim, format, false, &fill))
     }
@@ -239,5 +290,105 @@ impl Module for QLinear {
                 Tensor::from_vec(out, shape, &Device::Cpu)?.to_dtype(x.dtype())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic, roughly normal matrix.
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..rows * cols)
+            .map(|_| {
+                let mut acc = 0.0;
+                for _ in 0..4 {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                }
+                acc
+            })
+            .collect()
+    }
+
+    fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, m: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * rows];
+        for i in 0..m {
+            for r in 0..rows {
+                out[i * rows + r] = (0..cols).map(|c| x[i * cols + c] * w[r * cols + c]).sum();
+            }
+        }
+        out
+    }
+
+    /// Relative error of the packed product against f32, for a prefill-sized and a decode-sized m.
+    fn check(format: WeightFormat, head: bool, max_rel: f32) {
+        let (rows, cols) = (96, 512);
+        let w = matrix(rows, cols, 1);
+        let fill = |first: usize, buf: &mut [f32]| {
+            buf.copy_from_slice(&w[first * cols..first * cols + buf.len()])
+        };
+        let QLinear::Packed(p) = QLinear::pack(rows, cols, format, head, &fill) else {
+            panic!("{format} was not packed");
+        };
+        for m in [1, 37] {
+            let x = matrix(m, cols, 2);
+            let got = p.matmul(&x, m);
+            let want = reference(&w, &x, rows, cols, m);
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            assert!(
+                err <= max_rel * scale,
+                "{format} m={m}: max error {err} vs scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_matmul_is_close_to_f32() {
+        check(WeightFormat::Bf16, false, 1e-2);
+    }
+
+    #[test]
+    fn q8_0_matmul_is_close_to_f32() {
+        check(WeightFormat::Q8_0, false, 2e-2);
+    }
+
+    #[test]
+    fn q4k_matmul_is_close_to_f32() {
+        check(WeightFormat::Q4K, false, 1.5e-1);
+        check(WeightFormat::Q4K, true, 4e-2);
+    }
+
+    #[test]
+    fn batched_rows_equal_single_rows() {
+        let (rows, cols, m) = (70, 256, 45);
+        let w = matrix(rows, cols, 3);
+        let x = matrix(m, cols, 4);
+        let fill = |first: usize, buf: &mut [f32]| {
+            buf.copy_from_slice(&w[first * cols..first * cols + buf.len()])
+        };
+        let QLinear::Packed(p) = QLinear::pack(rows, cols, WeightFormat::Q8_0, false, &fill) else {
+            panic!("not packed");
+        };
+        let batched = p.matmul(&x, m);
+        for i in 0..m {
+            let single = p.matmul(&x[i * cols..(i + 1) * cols], 1);
+            assert_eq!(&batched[i * rows..(i + 1) * rows], &single[..], "row {i}");
+        }
+    }
+
+    #[test]
+    fn weight_format_parses_and_rejects() {
+        assert_eq!("Q4_K_M".parse::<WeightFormat>().unwrap(), WeightFormat::Q4K);
+        assert_eq!("q8_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q8_0);
+        let err = "q3".parse::<WeightFormat>().unwrap_err().to_string();
+        assert!(err.contains("q3") && err.contains("q8_0"), "{err}");
     }
 }

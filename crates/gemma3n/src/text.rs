@@ -130,6 +130,7 @@ impl Attention {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
+        window: Option<usize>,
         cache: &mut Cache,
         kv_layer: usize,
     ) -> Result<Tensor> {
@@ -151,6 +152,22 @@ impl Attention {
                 cache.layer_mut(kv_layer).append(&k, &v.transpose(1, 2)?)?
             }
             None => cache.layer(kv_layer).current()?,
+        };
+
+        // A sliding layer's queries at start.. see nothing before start + 1 - window: skip those
+        // keys (their mask columns are all -inf) so long chats cost O(window) per token.
+        let (k, v, mask) = match window {
+            Some(w) => {
+                let total = k.dim(2)?;
+                let first = (total - t + 1).saturating_sub(w);
+                let kept = total - first;
+                (
+                    k.narrow(2, first, kept)?,
+                    v.narrow(2, first, kept)?,
+                    mask.narrow(1, first, kept)?,
+                )
+            }
+            None => (k, v, mask.clone()),
         };
 
         // Grouped-query attention: fold the query heads sharing a KV head into the time axis.
@@ -354,6 +371,8 @@ struct DecoderLayer {
     layer_type: LayerType,
     /// Cache entry this layer reads (its own, or its donor's for KV-shared layers).
     kv_layer: usize,
+    /// Attention span of sliding layers.
+    window: Option<usize>,
     active: usize,
 }
 
@@ -386,6 +405,8 @@ impl DecoderLayer {
             post_per_layer_input_norm: norm("post_per_layer_input_norm")?,
             layer_type: cfg.layer_types()[index],
             kv_layer: donor.unwrap_or(index),
+            window: (cfg.layer_types()[index] == LayerType::SlidingAttention)
+                .then_some(cfg.sliding_window),
             active: cfg.altup_active_idx,
         })
     }
@@ -404,9 +425,9 @@ impl DecoderLayer {
         let normed = self.input_layernorm.forward(&active)?;
         let laurel = self.laurel.forward(&normed)?;
 
-        let attn = self
-            .self_attn
-            .forward(&normed, rope, mask, cache, self.kv_layer)?;
+        let attn =
+            self.self_attn
+                .forward(&normed, rope, mask, self.window, cache, self.kv_layer)?;
         let attn = self.post_attention_layernorm.forward(&attn)?;
         let attn_laurel = (((active + attn)? + laurel)? / std::f64::consts::SQRT_2)?;
 
@@ -501,8 +522,11 @@ impl TextModel {
             Ok(t)
         };
         let embed_tokens = table("embed_tokens", cfg.vocab_size, d)?;
-        let embed_tokens_per_layer =
-            table("embed_tokens_per_layer", cfg.vocab_size_per_layer_input, l * p)?;
+        let embed_tokens_per_layer = table(
+            "embed_tokens_per_layer",
+            cfg.vocab_size_per_layer_input,
+            l * p,
+        )?;
         let lm_head = if fmt == WeightFormat::Dense || !dev.is_cpu() {
             QLinear::Dense(linear(d, cfg.vocab_size, vb.pp("embed_tokens"))?)
         } else {
@@ -570,7 +594,10 @@ impl TextModel {
     /// Token embeddings times `sqrt(hidden_size)`; `ids` `[B, T]` u32.
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
         let scale = (self.cfg.hidden_size as f64).sqrt();
-        self.embed_tokens.gather(ids, &self.device)?.to_dtype(self.dtype)? * scale
+        self.embed_tokens
+            .gather(ids, &self.device)?
+            .to_dtype(self.dtype)?
+            * scale
     }
 
     /// Token part of the per-layer inputs, `[B, T, L, P]`; `ids` must be below the per-layer vocab.
@@ -582,12 +609,7 @@ impl TextModel {
             .embed_tokens_per_layer
             .gather(ids, &self.device)?
             .to_dtype(self.dtype)?;
-        (rows * scale)?.reshape((
-            b,
-            t,
-            self.cfg.num_hidden_layers,
-            p,
-        ))
+        (rows * scale)?.reshape((b, t, self.cfg.num_hidden_layers, p))
     }
 
     /// Combine the token part with the projection of the (merged) input embeddings.

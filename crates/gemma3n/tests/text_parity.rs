@@ -35,7 +35,12 @@ fn full_forward_matches(variant: &str) {
         INTERMEDIATE_REL,
     );
     let hidden = model
-        .forward_hidden(&input, &MediaEmbeddings::default(), &mut cache, Some(&mut trace))
+        .forward_hidden(
+            &input,
+            &MediaEmbeddings::default(),
+            &mut cache,
+            Some(&mut trace),
+        )
         .unwrap();
     assert_close_rel(
         "per_layer_inputs",
@@ -58,7 +63,12 @@ fn full_forward_matches(variant: &str) {
         INTERMEDIATE_REL,
     );
     let logits = model.text().logits(&hidden).unwrap();
-    assert_close("text logits", &logits, &golden.f32("text.logits"), LOGITS_TOL);
+    assert_close(
+        "text logits",
+        &logits,
+        &golden.f32("text.logits"),
+        LOGITS_TOL,
+    );
 }
 
 /// Prefill, then one token at a time through the cache, as `generate()` does.
