@@ -1,1 +1,450 @@
-fn main() {}
+//! `gemma-chat`: talk to Gemma 3n from the terminal.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engine::{Engine, GenerationReport, LoadOptions, Message, Part, Role, SamplingParams};
+
+#[derive(Parser)]
+#[command(
+    name = "gemma-chat",
+    version,
+    about = "Chat privately and offline with Gemma 3n"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt (or a conversation from a messages file), streaming the reply.
+    Generate(GenerateArgs),
+    /// Write the prompt's token ids and full logits (and media inputs) to a safetensors file.
+    Forward(ForwardArgs),
+    /// Interactive multi-turn chat; the KV cache is reused between turns.
+    Chat(ChatArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model folder, or a Hugging Face repo id such as google/gemma-3n-E2B-it.
+    #[arg(long)]
+    model: String,
+    /// Weight precision for computation.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Precision {
+    F32,
+    Bf16,
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// Maximum number of tokens to generate.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy (default: the checkpoint's).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Keep only the k most likely tokens (default: the checkpoint's; 0 disables).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches p (default: the checkpoint's).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct PromptArgs {
+    /// The user's message (with --image/--audio: one user turn of images, then audio, then text).
+    #[arg(
+        long,
+        conflicts_with = "messages",
+        required_unless_present = "messages"
+    )]
+    prompt: Option<String>,
+    /// System prompt for --prompt.
+    #[arg(long, requires = "prompt")]
+    system: Option<String>,
+    /// Image file to attach (repeatable).
+    #[arg(long, requires = "prompt")]
+    image: Vec<PathBuf>,
+    /// Audio file to attach (repeatable).
+    #[arg(long, requires = "prompt")]
+    audio: Vec<PathBuf>,
+    /// JSON list of {"role", "content"} messages; media paths resolve against its folder.
+    #[arg(long)]
+    messages: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// After the reply, print one JSON line with token ids, text and timings.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSON list of {"role", "content"} messages.
+    #[arg(long)]
+    messages: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// System prompt for the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    /// Speak each turn: an empty line starts recording from the microphone, Enter stops it.
+    #[arg(long)]
+    mic: bool,
+    /// Input device for --mic and /mic (default: the system's default input).
+    #[arg(long)]
+    mic_device: Option<String>,
+    /// Longest recording, in seconds (longer speech is cut there and said so).
+    #[arg(long, default_value_t = 120.0)]
+    mic_max_seconds: f64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Forward(args) => forward(args),
+        Command::Chat(args) => chat(args),
+    }
+}
+
+fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    if let Some(n) = args.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by candle's kernels and rayon's global pool; set before either starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let dir = engine::resolve_model(&args.model, true)?;
+    let dtype = match args.dtype {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+    };
+    let opts = LoadOptions {
+        dtype,
+        device: Device::Cpu,
+    };
+    Engine::load(&dir, &opts).with_context(|| format!("loading the model from {}", dir.display()))
+}
+
+fn sampling(engine: &Engine, args: &SamplingArgs) -> Result<SamplingParams> {
+    let defaults = engine.default_sampling();
+    let params = SamplingParams {
+        temperature: args.temperature.unwrap_or(defaults.temperature),
+        top_k: match args.top_k {
+            Some(0) => None,
+            Some(k) => Some(k),
+            None => defaults.top_k,
+        },
+        top_p: args.top_p.or(defaults.top_p),
+        max_new_tokens: args.max_new_tokens,
+        seed: args.seed,
+    };
+    if !params.temperature.is_finite() || params.temperature < 0.0 {
+        bail!("--temperature must be a finite number ≥ 0");
+    }
+    if let Some(p) = params.top_p {
+        if !(0.0..=1.0).contains(&p) || p == 0.0 {
+            bail!("--top-p must be in (0, 1]");
+        }
+    }
+    if params.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    Ok(params)
+}
+
+fn conversation(args: &PromptArgs) -> Result<Vec<Message>> {
+    if let Some(path) = &args.messages {
+        return Ok(engine::load_messages(path)?);
+    }
+    let text = args.prompt.clone().unwrap_or_default();
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::text(Role::System, system.clone()));
+    }
+    let mut content: Vec<Part> = args
+        .image
+        .iter()
+        .map(|p| Part::Image { path: p.clone() })
+        .collect();
+    content.extend(args.audio.iter().map(|p| Part::Audio { path: p.clone() }));
+    content.push(Part::Text { text });
+    messages.push(Message {
+        role: Role::User,
+        content,
+    });
+    Ok(messages)
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let messages = conversation(&args.prompt)?;
+    let mut engine = load_engine(&args.model)?;
+    let params = sampling(&engine, &args.sampling)?;
+    let cancel = interrupt_flag()?;
+    let mut stdout = std::io::stdout().lock();
+    let report = engine.generate(&messages, &params, &cancel, &mut |text| {
+        // A closed pipe must not abort generation mid-way with a panic.
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    writeln!(stdout)?;
+    if args.json {
+        for split in &report.audio_splits {
+            eprintln!("[audio {split}]");
+        }
+        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        eprintln!("{}", summary(&report));
+    }
+    Ok(())
+}
+
+fn summary(report: &GenerationReport) -> String {
+    let mut lines: Vec<String> = report
+        .audio_splits
+        .iter()
+        .map(|s| format!("[audio {s}]"))
+        .collect();
+    lines.push(format!(
+        "[{} prompt tokens ({} reused), {} generated, stop: {:?}, TTFT {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
+        report.prompt_tokens,
+        report.reused_tokens,
+        report.token_ids.len(),
+        report.stop_reason,
+        report.ttft_ms,
+        report.prefill_tok_s,
+        report.decode_tok_s
+    ));
+    lines.join("\n")
+}
+
+fn forward(args: ForwardArgs) -> Result<()> {
+    let messages = engine::load_messages(&args.messages)?;
+    let mut engine = load_engine(&args.model)?;
+    let (images, audio) = engine.preprocess_media(&messages)?;
+    let (ids, logits) = engine.prompt_logits(&messages)?;
+    let mut tensors = vec![
+        (
+            "input_ids".to_string(),
+            Tensor::new(
+                ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+                &Device::Cpu,
+            )?,
+        ),
+        ("logits".to_string(), logits.to_dtype(DType::F32)?),
+    ];
+    for (i, p) in images.into_iter().enumerate() {
+        tensors.push((format!("pixel_values.{i}"), p));
+    }
+    for (i, f) in audio.into_iter().enumerate() {
+        tensors.push((format!("audio_features.{i}"), f));
+    }
+    candle_core::safetensors::save(
+        &tensors
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
+        &args.out,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {} ({} tokens)", args.out.display(), ids.len());
+    Ok(())
+}
+
+fn chat(args: ChatArgs) -> Result<()> {
+    let mut engine = load_engine(&args.model)?;
+    let params = sampling(&engine, &args.sampling)?;
+    let cancel = interrupt_flag()?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::text(Role::System, system.clone()));
+    }
+    let mut pending: Vec<Part> = Vec::new();
+    eprintln!(
+        "Chatting with {}. Commands: /image PATH, /audio PATH, /mic, /reset, /quit (or Ctrl-D). Ctrl-C stops a reply.{}",
+        engine.model_dir().display(),
+        if args.mic { " Press Enter on an empty line to speak." } else { "" }
+    );
+    let mut recordings = 0;
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let input = line.trim();
+        if input.is_empty() && !args.mic {
+            continue;
+        }
+        if input.is_empty() || input == "/mic" {
+            recordings += 1;
+            match record_from_mic(&args, recordings) {
+                Ok(path) => pending.push(Part::Audio { path }),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    continue;
+                }
+            }
+            // A spoken turn is sent at once; after /mic the user may still type text.
+            if input == "/mic" {
+                continue;
+            }
+        }
+        match input.split_once(' ').unwrap_or((input, "")) {
+            ("/quit" | "/exit", _) => break,
+            ("/reset", _) => {
+                messages.retain(|m: &Message| m.role == Role::System);
+                pending.clear();
+                engine.reset();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            ("/image", path) => {
+                match existing(path) {
+                    Ok(path) => pending.push(Part::Image { path }),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+                continue;
+            }
+            ("/audio", path) => {
+                match existing(path) {
+                    Ok(path) => pending.push(Part::Audio { path }),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let mut content = std::mem::take(&mut pending);
+        if !input.is_empty() {
+            content.push(Part::Text {
+                text: input.to_string(),
+            });
+        }
+        messages.push(Message {
+            role: Role::User,
+            content,
+        });
+        cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut stdout = std::io::stdout().lock();
+        match engine.generate(&messages, &params, &cancel, &mut |text| {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }) {
+            Ok(report) => {
+                writeln!(stdout)?;
+                eprintln!("{}", summary(&report));
+                messages.push(Message::text(Role::Assistant, report.text));
+            }
+            Err(e) => {
+                // Keep the conversation usable: drop the turn that failed.
+                messages.pop();
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Record until Enter (or the maximum length), showing a level meter; returns the saved WAV.
+fn record_from_mic(args: &ChatArgs, n: usize) -> Result<PathBuf> {
+    let options = mic::MicOptions {
+        device: args.mic_device.clone(),
+        max_seconds: args.mic_max_seconds,
+    };
+    let recorder = mic::record(&options, |level: mic::Level| {
+        let bars = ((level.rms.max(1e-6).log10() + 3.0) / 3.0 * 30.0).clamp(0.0, 30.0) as usize;
+        eprint!("\r● {:5.1} s {:<30}", level.seconds, "█".repeat(bars));
+    })?;
+    eprintln!(
+        "Recording from {} — press Enter to stop.",
+        recorder.device_name()
+    );
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let recording = recorder.stop()?;
+    eprintln!();
+    if recording.reached_max {
+        eprintln!(
+            "(the recording reached the {} s maximum and was cut there)",
+            args.mic_max_seconds
+        );
+    }
+    let path = std::env::temp_dir().join(format!("gemma-chat-mic-{}-{n}.wav", std::process::id()));
+    recording.save_wav(&path)?;
+    Ok(path)
+}
+
+fn existing(path: &str) -> Result<PathBuf> {
+    let p = Path::new(path.trim());
+    if !p.is_file() {
+        bail!("{} is not a file", p.display());
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Ctrl-C stops the current reply instead of killing the process.
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || {
+        handler_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(flag)
+}

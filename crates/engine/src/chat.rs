@@ -165,9 +165,12 @@ impl ChatTemplate {
     pub fn new(source: String, bos_token: String) -> Result<Self> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| Error::Template(e.to_string()))?;
         Ok(Self { env, bos_token })
@@ -189,9 +192,11 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
             })
             .map_err(|e| match e.kind() {
-                ErrorKind::InvalidOperation => {
-                    Error::Conversation(e.detail().unwrap_or("rejected by the chat template").to_string())
-                }
+                ErrorKind::InvalidOperation => Error::Conversation(
+                    e.detail()
+                        .unwrap_or("rejected by the chat template")
+                        .to_string(),
+                ),
                 _ => Error::Template(e.to_string()),
             })
     }

@@ -3,8 +3,16 @@
 
 pub mod audio;
 pub mod chat;
+pub mod engine;
 pub mod error;
+pub mod files;
 pub mod image;
 pub mod prompt;
+pub mod sampling;
+pub mod stream;
 
+pub use chat::{load_messages, Message, Part, Role};
+pub use engine::{Engine, GenerationReport, LoadOptions, Prefill, StopReason};
 pub use error::{Error, Result};
+pub use files::resolve_model;
+pub use sampling::SamplingParams;

@@ -1,12 +1,14 @@
 //! From a conversation to token ids: render the chat template, expand each media placeholder
 //! into the processor's exact token sequence, tokenise without adding special tokens.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use gemma3n::Gemma3nConfig;
 use tokenizers::Tokenizer;
 
 use crate::chat::{self, ChatTemplate, Message, Part, Role};
+use crate::stream::TextStream;
 use crate::{Error, Result};
 
 /// Private-use characters that cannot come from a tokenizer vocabulary's control tokens; they
@@ -25,6 +27,8 @@ pub struct PromptEncoder {
     audio_expansion: String,
     /// Every special added token's text (`<start_of_turn>`, `<image_soft_token>`, ...).
     control_strings: Vec<String>,
+    /// Their ids, hidden from streamed text.
+    control_ids: HashSet<u32>,
     bos_id: u32,
 }
 
@@ -70,12 +74,14 @@ impl PromptEncoder {
                 template.bos_token()
             ))
         })?;
-        let control_strings = tokenizer
+        let specials: Vec<(u32, String)> = tokenizer
             .get_added_tokens_decoder()
-            .values()
-            .filter(|t| t.special)
-            .map(|t| t.content.clone())
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
             .collect();
+        let control_ids = specials.iter().map(|(id, _)| *id).collect();
+        let control_strings = specials.into_iter().map(|(_, s)| s).collect();
         let mut literal_tokenizer = tokenizer.clone();
         literal_tokenizer.set_encode_special_tokens(true);
         Ok(Self {
@@ -87,12 +93,18 @@ impl PromptEncoder {
             image_expansion,
             audio_expansion,
             control_strings,
+            control_ids,
             bos_id,
         })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// A streaming detokeniser that hides control tokens.
+    pub fn text_stream(&self) -> TextStream<'_> {
+        TextStream::new(&self.tokenizer, &self.control_ids)
     }
 
     /// The rendered template before placeholder expansion.
@@ -151,7 +163,11 @@ impl PromptEncoder {
                     .iter()
                     .map(|p| match p {
                         Part::Text { text } => {
-                            let t = if keep_whitespace { text.as_str() } else { text.trim() };
+                            let t = if keep_whitespace {
+                                text.as_str()
+                            } else {
+                                text.trim()
+                            };
                             texts.push(t.to_owned());
                             Part::Text {
                                 text: format!("{QUOTE_OPEN}{}{QUOTE_CLOSE}", texts.len() - 1),

@@ -121,7 +121,7 @@ impl TextConfig {
             Some(t) => t.clone(),
             None => (0..self.num_hidden_layers)
                 .map(|i| {
-                    if (i + 1) % 5 == 0 {
+                    if (i + 1).is_multiple_of(5) {
                         LayerType::FullAttention
                     } else {
                         LayerType::SlidingAttention
@@ -194,7 +194,10 @@ impl TextConfig {
                 self.num_kv_shared_layers
             )));
         }
-        if self.num_attention_heads % self.num_key_value_heads.max(1) != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads.max(1))
+        {
             return Err(Error::Config(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads

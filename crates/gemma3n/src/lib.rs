@@ -2,9 +2,10 @@
 //! multimodal embedders, loaded straight from Hugging Face checkpoints.
 //!
 //! The module layout follows the checkpoint: [`text`] is `model.language_model`, [`embedder`] is
-//! `model.embed_vision` / `model.embed_audio`, [`model`] ties them into
+//! `model.embed_vision` / `model.embed_audio`, [`vision`] is `model.vision_tower`, [`model`] ties them into
 //! `Gemma3nForConditionalGeneration`.
 
+pub mod audio;
 pub mod bench;
 pub mod config;
 pub mod embedder;
@@ -14,7 +15,9 @@ pub mod model;
 pub mod nn;
 pub mod quant;
 pub mod text;
+pub mod vision;
 
+pub use audio::{AudioEncoder, AudioEncoding};
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;
 pub use loader::{Checkpoint, EmbeddingTable};

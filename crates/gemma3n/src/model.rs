@@ -2,16 +2,19 @@
 //! use) the towers, behind one entry point that turns token ids plus media into logits.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::audio::{AudioEncoder, AudioEncoding, AudioTrace};
 use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
 use crate::loader::Checkpoint;
 use crate::quant::WeightFormat;
 use crate::text::{TextModel, Trace};
+use crate::vision::{Arch, VisionTower};
 use crate::{Error, Result};
 
 /// How to load a model: weight storage, device, and CPU threads.
@@ -110,6 +113,8 @@ pub struct Gemma3nModel {
     embed_audio: MultimodalEmbedder,
     /// Kept to build the towers lazily, when the first image or clip arrives.
     vb: VarBuilder<'static>,
+    vision_tower: OnceLock<VisionTower>,
+    audio_tower: OnceLock<AudioEncoder>,
 }
 
 impl Gemma3nModel {
@@ -170,6 +175,8 @@ impl Gemma3nModel {
             embed_vision,
             embed_audio,
             vb,
+            vision_tower: OnceLock::new(),
+            audio_tower: OnceLock::new(),
         })
     }
 
@@ -354,18 +361,145 @@ impl Gemma3nModel {
 }
 
 impl Gemma3nModel {
+    /// The MobileNet-V5 tower, built from the checkpoint on first use.  It runs in f32 unless the
+    /// model is on an accelerator in bf16 (f16 overflows in its convolutions).
+    pub fn vision_tower(&self) -> Result<&VisionTower> {
+        if let Some(tower) = self.vision_tower.get() {
+            return Ok(tower);
+        }
+        let v = &self.cfg.vision_config;
+        let arch = Arch::from_config(v)?;
+        let vb = self
+            .vb
+            .clone()
+            .set_dtype(self.vision_dtype())
+            .pp("model.vision_tower.timm_model");
+        let tower = VisionTower::new(arch, v.hidden_size, vb)
+            .map_err(|e| Error::Checkpoint(format!("vision tower: {e}")))?;
+        Ok(self.vision_tower.get_or_init(|| tower))
+    }
+
+    fn vision_dtype(&self) -> DType {
+        match self.vb.dtype() {
+            DType::BF16 if !self.vb.device().is_cpu() => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
     /// Soft embeddings `[n, vision_soft_tokens_per_image, D]` for pixel values `[n, 3, H, W]`.
-    pub fn encode_images(&self, _pixel_values: &Tensor) -> Result<Tensor> {
-        Err(Error::Input(
-            "the vision tower is not implemented yet".into(),
-        ))
+    pub fn encode_images(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let tower = self.vision_tower()?;
+        let (gh, gw) = tower.output_grid();
+        let expected = self.cfg.vision_soft_tokens_per_image;
+        if gh * gw != expected {
+            return Err(Error::Config(format!(
+                "the vision tower yields a {gh}x{gw} grid but vision_soft_tokens_per_image is {expected}"
+            )));
+        }
+        match pixel_values.dims() {
+            [_, 3, h, w] if *h > 0 && *w > 0 => {}
+            dims => {
+                return Err(Error::Input(format!(
+                    "pixel values must be [n, 3, H, W], got {dims:?}"
+                )))
+            }
+        }
+        let x = pixel_values
+            .to_device(self.device())?
+            .to_dtype(self.vision_dtype())?;
+        // Channels-last features are already [n, row, col, C]: row-major tokens.
+        let features = tower.features(&x, None)?;
+        let (n, _, _, c) = features.dims4()?;
+        let scale = (self.cfg.vision_config.hidden_size as f64).sqrt();
+        let scaled = (features.reshape((n, gh * gw, c))? * scale)?;
+        Ok(self
+            .embed_vision
+            .embed_features(&scaled.to_dtype(self.dtype())?)?)
+    }
+
+    /// The audio tower, built from the checkpoint on first use.
+    pub fn audio_tower(&self) -> Result<&AudioEncoder> {
+        if let Some(tower) = self.audio_tower.get() {
+            return Ok(tower);
+        }
+        let tower = AudioEncoder::new(
+            &self.cfg.audio_config,
+            self.vb.pp("model").pp("audio_tower"),
+        )?;
+        // Two threads may race to build it; both towers are identical, either one wins.
+        Ok(self.audio_tower.get_or_init(|| tower))
+    }
+
+    /// Run the audio tower on log-mel `features` `[n, frames, mel]` with `valid` `[n, frames]`
+    /// (u8, 1 = real frame), checking the shapes first.
+    pub fn audio_encoding(
+        &self,
+        features: &Tensor,
+        valid: &Tensor,
+        trace: Option<&mut AudioTrace>,
+    ) -> Result<AudioEncoding> {
+        let mel_bins = self.cfg.audio_config.input_feat_size;
+        let (n, frames, mel) = features.dims3().map_err(|_| {
+            Error::Input(format!(
+                "audio features must be [clips, frames, {mel_bins}], got {:?}",
+                features.dims()
+            ))
+        })?;
+        if mel != mel_bins {
+            return Err(Error::Input(format!(
+                "audio features have {mel} mel bins but the audio tower expects {mel_bins}"
+            )));
+        }
+        if n == 0 || frames == 0 {
+            return Err(Error::Input(format!(
+                "audio features {:?} hold no frames",
+                features.dims()
+            )));
+        }
+        if valid.dims() != [n, frames] {
+            return Err(Error::Input(format!(
+                "audio frame mask is {:?} but the features are {:?}",
+                valid.dims(),
+                features.dims()
+            )));
+        }
+        let features = features.to_dtype(self.dtype())?;
+        let valid = valid.to_dtype(DType::U8)?;
+        Ok(self.audio_tower()?.forward(&features, &valid, trace)?)
     }
 
     /// Soft embeddings `[n, audio_soft_tokens_per_image, D]` (padded with the audio padding
     /// embedding) for log-mel `features` `[n, frames, mel]` and `valid` `[n, frames]` (u8).
-    pub fn encode_audio(&self, _features: &Tensor, _valid: &Tensor) -> Result<Tensor> {
-        Err(Error::Input(
-            "the audio tower is not implemented yet".into(),
-        ))
+    pub fn encode_audio(&self, features: &Tensor, valid: &Tensor) -> Result<Tensor> {
+        let enc = self.audio_encoding(features, valid, None)?;
+        self.embed_audio_encoding(&enc)
+    }
+
+    /// `embed_audio` of the tower output, padded positions and the remaining slots up to
+    /// `audio_soft_tokens_per_image` filled with the embedding of the last audio-vocabulary id.
+    pub fn embed_audio_encoding(&self, enc: &AudioEncoding) -> Result<Tensor> {
+        let (n, tokens, _) = enc.features.dims3()?;
+        let slots = self.cfg.audio_soft_tokens_per_image;
+        if tokens > slots {
+            return Err(Error::Input(format!(
+                "an audio clip gave {tokens} tokens but the prompt holds {slots} per clip; \
+                 split the recording into shorter clips"
+            )));
+        }
+        let soft = self.embed_audio.embed_features(&enc.features)?;
+        let d = soft.dim(2)?;
+        let pad_id = self.embed_audio.vocab_offset() + self.embed_audio.vocab_size() - 1;
+        let pad = self
+            .embed_audio
+            .embed_ids(&Tensor::new(&[pad_id], soft.device())?)?
+            .to_dtype(soft.dtype())?
+            .reshape((1, 1, d))?;
+        let valid = enc.valid.unsqueeze(2)?.broadcast_as((n, tokens, d))?;
+        let soft = valid.where_cond(&soft, &pad.broadcast_as((n, tokens, d))?)?;
+        if tokens == slots {
+            return Ok(soft);
+        }
+        let fill = pad.broadcast_as((n, slots - tokens, d))?;
+        Ok(Tensor::cat(&[&soft, &fill], 1)?)
     }
 }

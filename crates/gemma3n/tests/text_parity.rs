@@ -125,9 +125,46 @@ fn text_greedy_matches_reference_d() {
 }
 
 #[test]
+fn text_forward_matches_reference_e() {
+    full_forward_matches("E");
+}
+
+#[test]
+fn text_greedy_matches_reference_e() {
+    greedy_matches("E", "text");
+}
+
+/// The hub's config dialect (`rope_theta` / `rope_local_base_freq`) gives the same model.
+#[test]
+fn legacy_config_dialect_gives_the_same_logits() {
+    let src = model_dir("E");
+    let dir = std::env::temp_dir().join(format!("gemma3n-legacy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        src.join("config_legacy_format.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let model = Gemma3nModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let golden = Golden::open("E");
+    let ids = ids_tensor(&golden.ids("text.input_ids"));
+    let logits = model
+        .forward(&ids, &MediaEmbeddings::default(), &mut model.new_cache())
+        .unwrap();
+    assert_close(
+        "legacy-config logits",
+        &logits,
+        &golden.f32("text.logits"),
+        LOGITS_TOL,
+    );
+}
+
+#[test]
 fn legacy_config_gives_same_rope() {
     use gemma3n::{Gemma3nConfig, LayerType};
-    for variant in ["C", "D"] {
+    for variant in ["C", "D", "E"] {
         let dir = model_dir(variant);
         let new = Gemma3nConfig::from_file(&dir.join("config.json")).unwrap();
         let legacy = Gemma3nConfig::from_file(&dir.join("config_legacy_format.json")).unwrap();

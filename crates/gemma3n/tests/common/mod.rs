@@ -39,6 +39,20 @@ impl Golden {
         self.get(name).to_dtype(DType::F32).unwrap()
     }
 
+    /// A bool tensor (candle cannot load those) as u8, 1 = true.
+    pub fn mask(&self, name: &str) -> Tensor {
+        let view = self
+            .st
+            .get(name)
+            .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+        assert_eq!(
+            format!("{:?}", view.dtype()),
+            "BOOL",
+            "{name} is not a bool tensor"
+        );
+        Tensor::from_vec(view.data().to_vec(), view.shape(), &Device::Cpu).unwrap()
+    }
+
     pub fn ids(&self, name: &str) -> Vec<u32> {
         self.get(name)
             .to_dtype(DType::I64)

@@ -1,0 +1,406 @@
+//! The `gemma-chat` contract, exercised as a user would: through the binary.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(variant: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(variant)
+}
+
+fn gemma_chat(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemma-chat"))
+        .args(args)
+        .output()
+        .expect("run gemma-chat")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gemma-chat-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const TEXT_MESSAGES: &str = r#"[
+  {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
+  {"role": "user", "content": [{"type": "text", "text": "Hello world! Tell me about the quick brown fox."}]},
+  {"role": "assistant", "content": "The fox jumps over the lazy dog."},
+  {"role": "user", "content": "What is a café? Answer in one short line, please."}
+]"#;
+
+fn golden(variant: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(variant).join("golden.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn generate_json_reports_the_reference_greedy_tokens() {
+    let dir = temp_dir("gen");
+    let messages = dir.join("m.json");
+    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
+    let model = fixture("D").join("model");
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "20",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let report: serde_json::Value = serde_json::from_str(last).unwrap();
+    let expected = until_stop(
+        golden("D")["prompts"]["text"]["generated_ids"]
+            .as_array()
+            .unwrap(),
+    );
+    let stopped = expected.len() < 20;
+    let ids: Vec<u64> = report["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, expected);
+    let reason = if stopped { "eos" } else { "max_tokens" };
+    assert_eq!(report["stop_reason"], reason);
+    assert_eq!(
+        report["prompt_tokens"],
+        golden("D")["prompts"]["text"]["num_tokens"]
+    );
+    for key in [
+        "text",
+        "stop_reason",
+        "ttft_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+    ] {
+        assert!(report.get(key).is_some(), "missing {key}");
+    }
+    // The streamed text precedes the JSON line.
+    assert!(stdout.starts_with(report["text"].as_str().unwrap()));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn forward_writes_ids_and_reference_logits() {
+    let dir = temp_dir("fwd");
+    let messages = dir.join("m.json");
+    let out_file = dir.join("out.safetensors");
+    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
+    let model = fixture("C").join("model");
+    let out = gemma_chat(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = candle_core::Device::Cpu;
+    let ours = candle_core::safetensors::load(&out_file, &dev).unwrap();
+    let gold = unsafe {
+        candle_core::safetensors::MmapedSafetensors::new(fixture("C").join("golden.safetensors"))
+    }
+    .unwrap();
+    let ids = gold
+        .load("text.input_ids", &dev)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_eq!(
+        ours["input_ids"].to_vec1::<i64>().unwrap(),
+        ids.to_vec1::<i64>().unwrap()
+    );
+    let logits = gold.load("text.logits", &dev).unwrap().squeeze(0).unwrap();
+    let diff = (&ours["logits"] - &logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 2e-3, "logits differ by {diff}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_inputs_fail_with_a_message_not_a_panic() {
+    let dir = temp_dir("bad");
+    let model = fixture("D").join("model");
+    let model = model.to_str().unwrap();
+    let malformed = dir.join("bad.json");
+    std::fs::write(&malformed, "[{\"role\": \"user\", ").unwrap();
+    let not_alternating = dir.join("roles.json");
+    std::fs::write(
+        &not_alternating,
+        r#"[{"role":"user","content":"a"},{"role":"user","content":"b"}]"#,
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "generate",
+                "--model",
+                model,
+                "--messages",
+                malformed.to_str().unwrap(),
+            ],
+            "not a valid messages list",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                model,
+                "--messages",
+                not_alternating.to_str().unwrap(),
+            ],
+            "alternate",
+        ),
+        (
+            vec!["generate", "--model", "/no/such/model", "--prompt", "hi"],
+            "neither a model folder",
+        ),
+        (
+            vec![
+                "generate", "--model", model, "--prompt", "hi", "--top-p", "1.5",
+            ],
+            "--top-p",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = gemma_chat(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["generate", "--help"],
+        vec!["forward", "--help"],
+        vec!["chat", "--help"],
+    ] {
+        let out = gemma_chat(&cmd);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--"));
+    }
+}
+
+#[test]
+fn chat_keeps_the_conversation_across_turns() {
+    use std::io::Write;
+    let model = fixture("D").join("model");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-chat"))
+        .args([
+            "chat",
+            "--model",
+            model.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "4",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello\nAnd again\n/quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let turns: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("prompt tokens"))
+        .collect();
+    assert_eq!(turns.len(), 2, "{stderr}");
+    // The second turn reuses the first turn's cache.
+    assert!(!turns[1].contains("(0 reused)"), "{}", turns[1]);
+}
+
+/// The reference's media prompts, from the files on disk: image decoding and resizing, audio
+/// decoding and log-mel features, towers and decoder must all agree for the greedy ids to match.
+#[test]
+fn media_prompts_from_files_give_the_reference_greedy_tokens() {
+    for variant in ["C", "D", "E"] {
+        let dir = fixture(variant);
+        let image = dir.join("image.png");
+        let audio = dir.join("audio_16k_mono.wav");
+        let prompts = [
+            (
+                "image",
+                serde_json::json!([{"role": "user", "content": [
+                    {"type": "image", "path": image},
+                    {"type": "text", "text": "Describe this image in detail."}]}]),
+            ),
+            (
+                "audio",
+                serde_json::json!([{"role": "user", "content": [
+                    {"type": "audio", "path": audio},
+                    {"type": "text", "text": "Transcribe this audio clip."}]}]),
+            ),
+            (
+                "multimodal",
+                serde_json::json!([
+                    {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
+                    {"role": "user", "content": [
+                        {"type": "image", "path": image},
+                        {"type": "text", "text": "Look at the picture, then listen:"},
+                        {"type": "audio", "path": audio},
+                        {"type": "text", "text": "What do you see and hear?"}]}]),
+            ),
+        ];
+        let tmp = temp_dir(&format!("media-{variant}"));
+        for (name, messages) in prompts {
+            let file = tmp.join(format!("{name}.json"));
+            std::fs::write(&file, messages.to_string()).unwrap();
+            let model = dir.join("model");
+            let out = gemma_chat(&[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--messages",
+                file.to_str().unwrap(),
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "20",
+                "--json",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            let report: serde_json::Value =
+                serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+            let reference = &golden(variant)["prompts"][name];
+            assert_eq!(
+                report["prompt_tokens"], reference["num_tokens"],
+                "{variant}/{name}"
+            );
+            let expected = until_stop(reference["generated_ids"].as_array().unwrap());
+            let ids: Vec<u64> = report["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids, expected, "{variant}/{name}");
+        }
+        std::fs::remove_dir_all(tmp).ok();
+    }
+}
+
+/// The reference ignores stop tokens; generation stops on <eos>/<end_of_turn> and keeps it.
+fn until_stop(reference: &[serde_json::Value]) -> Vec<u64> {
+    let ids: Vec<u64> = reference.iter().map(|v| v.as_u64().unwrap()).collect();
+    match ids.iter().position(|&id| id == 1 || id == 7) {
+        Some(i) => ids[..=i].to_vec(),
+        None => ids,
+    }
+}
+
+#[test]
+fn mic_without_an_input_device_is_a_clear_error() {
+    use std::io::Write;
+    if mic::input_device_names().is_ok_and(|d| !d.is_empty()) {
+        return; // a machine with a microphone: nothing to check here
+    }
+    let model = fixture("D").join("model");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-chat"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--mic"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\n/quit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("microphone") || stderr.contains("input device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_long_recording_is_split_and_the_split_is_reported() {
+    let dir = temp_dir("long");
+    let wav = dir.join("long.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for i in 0..16_000 * 8 {
+        let t = i as f32 / 16_000.0;
+        // A tone with a short pause every second, where a clip can end.
+        let on = (t % 1.0) < 0.8;
+        let s = if on {
+            (t * 440.0 * std::f32::consts::TAU).sin() * 0.3
+        } else {
+            0.0
+        };
+        w.write_sample((s * 32767.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let model = fixture("D").join("model");
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "What is this?",
+        "--audio",
+        wav.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The tiny model's clips hold about a second (its audio_soft_tokens_per_image is small).
+    assert!(stderr.contains("8.0 s recording split into"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["audio_splits"].as_array().unwrap().len(), 1);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -1,0 +1,509 @@
+//! The engine: one loaded model, its tokenizer, template and media processors, and the KV cache
+//! of the conversation it last answered, so that a follow-up turn only prefills what is new.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use gemma3n::{Cache, Gemma3nModel, MediaEmbeddings};
+use serde::{Deserialize, Serialize};
+
+use crate::audio::AudioProcessor;
+use crate::chat::{Message, Part};
+use crate::image::ImageProcessor;
+use crate::prompt::PromptEncoder;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model emitted a stop token.
+    Eos,
+    MaxTokens,
+    Cancelled,
+    /// The context window is full.
+    ContextFull,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerationReport {
+    /// Generated ids, including the stop token when generation ended on one.
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the cache of the previous turn.
+    pub reused_tokens: usize,
+    pub stop_reason: StopReason,
+    pub ttft_ms: f64,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// How long recordings were split into clips (one line per split recording).
+    pub audio_splits: Vec<String>,
+}
+
+/// The result of running a prompt up to its last position.
+#[derive(Debug, Clone)]
+pub struct Prefill {
+    /// Logits of the last position.
+    pub logits: Vec<f32>,
+    pub prompt_tokens: usize,
+    /// Positions served from the cache of the previous call.
+    pub reused_tokens: usize,
+    pub audio_splits: Vec<String>,
+}
+
+/// One media attachment after preprocessing, in prompt order.
+enum Media {
+    Image(Tensor),
+    /// One clip of at most the model's clip length (a long recording yields several).
+    AudioClip(Vec<f32>),
+}
+
+/// A conversation turned into ids plus the media that fill its soft-token runs.
+struct PreparedPrompt {
+    ids: Vec<u32>,
+    /// A key per position: the id, or for soft tokens a hash of the media content and offset,
+    /// so that two prompts share a cached prefix only where their media are identical too.
+    keys: Vec<u64>,
+    media: Vec<(Media, std::ops::Range<usize>)>,
+    audio_splits: Vec<String>,
+}
+
+/// The KV cache and the keys of the positions it holds.
+struct CachedConversation {
+    cache: Cache,
+    keys: Vec<u64>,
+}
+
+impl CachedConversation {
+    fn clear(&mut self) {
+        self.cache.clear();
+        self.keys.clear();
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.keys.truncate(len);
+    }
+
+    /// Feed one generated token; returns the next logits.  A failure leaves the cache empty
+    /// rather than inconsistent.
+    fn step(&mut self, model: &Gemma3nModel, id: u32) -> Result<Vec<f32>> {
+        let input = Tensor::from_vec(vec![id], (1, 1), model.device())?;
+        match model.forward_last(&input, &MediaEmbeddings::default(), &mut self.cache) {
+            Ok(logits) => {
+                self.keys.push(u64::from(id));
+                Ok(logits.squeeze(0)?.to_vec1()?)
+            }
+            Err(e) => {
+                self.clear();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+pub struct Engine {
+    dir: PathBuf,
+    model: Gemma3nModel,
+    prompt: PromptEncoder,
+    images: ImageProcessor,
+    audio: AudioProcessor,
+    defaults: SamplingParams,
+    stop_ids: Vec<u32>,
+    state: CachedConversation,
+}
+
+impl Engine {
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let model = Gemma3nModel::load(dir, opts.dtype, &opts.device)?;
+        let cfg = model.config().clone();
+        let prompt = PromptEncoder::from_model_dir(dir, &cfg)?;
+        let (defaults, mut stop_ids) = generation_defaults(dir)?;
+        if stop_ids.is_empty() {
+            stop_ids = cfg.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
+        }
+        if stop_ids.is_empty() {
+            stop_ids.extend(prompt.tokenizer().token_to_id("<eos>"));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            images: ImageProcessor::from_model_dir(dir)?,
+            audio: AudioProcessor::from_model_dir(dir)?,
+            state: CachedConversation {
+                cache: model.new_cache(),
+                keys: Vec::new(),
+            },
+            model,
+            prompt,
+            defaults,
+            stop_ids,
+        })
+    }
+
+    pub fn model_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn model(&self) -> &Gemma3nModel {
+        &self.model
+    }
+
+    pub fn prompt_encoder(&self) -> &PromptEncoder {
+        &self.prompt
+    }
+
+    /// Sampling settings from the checkpoint's `generation_config.json`.
+    pub fn default_sampling(&self) -> SamplingParams {
+        self.defaults.clone()
+    }
+
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.model.max_context()
+    }
+
+    /// Forget the cached conversation.
+    pub fn reset(&mut self) {
+        self.state.clear();
+    }
+
+    /// Token ids of the prompt for `messages` (media expanded), without running the model.
+    pub fn encode(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        Ok(self.prepare(messages)?.ids)
+    }
+
+    /// Preprocessed pixel values of every image and log-mel features of every audio clip.
+    pub fn preprocess_media(&self, messages: &[Message]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let prepared = self.prepare(messages)?;
+        let mut images = Vec::new();
+        let mut clips = Vec::new();
+        for (media, _) in prepared.media {
+            match media {
+                Media::Image(p) => images.push(p),
+                Media::AudioClip(c) => clips.push(c),
+            }
+        }
+        let mut features = Vec::new();
+        for clip in clips {
+            features.push(self.audio.features(&[clip])?.features.squeeze(0)?);
+        }
+        Ok((images, features))
+    }
+
+    /// Full logits `[T, V]` of the prompt (generation prompt included), from a fresh cache.
+    pub fn prompt_logits(&mut self, messages: &[Message]) -> Result<(Vec<u32>, Tensor)> {
+        let prepared = self.prepare(messages)?;
+        self.check_length(prepared.ids.len())?;
+        self.reset();
+        let media = self.embed_media(&prepared, 0)?;
+        let ids = Tensor::from_vec(
+            prepared.ids.clone(),
+            (1, prepared.ids.len()),
+            self.model.device(),
+        )?;
+        let result = self.model.forward(&ids, &media, &mut self.state.cache);
+        self.reset();
+        Ok((prepared.ids, result?.squeeze(0)?))
+    }
+
+    /// Last-position logits for `messages`, reusing the cached prefix of the previous call.
+    pub fn prefill(&mut self, messages: &[Message]) -> Result<Prefill> {
+        let prepared = self.prepare(messages)?;
+        self.check_length(prepared.ids.len())?;
+        let reused = self.reusable_prefix(&prepared);
+        self.state.truncate(reused);
+        let media = self.embed_media(&prepared, reused)?;
+        let ids = &prepared.ids[reused..];
+        let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), self.model.device())?;
+        match self
+            .model
+            .forward_last(&input, &media, &mut self.state.cache)
+        {
+            Ok(logits) => {
+                self.state.keys = prepared.keys;
+                Ok(Prefill {
+                    logits: logits.squeeze(0)?.to_vec1()?,
+                    prompt_tokens: prepared.ids.len(),
+                    reused_tokens: reused,
+                    audio_splits: prepared.audio_splits,
+                })
+            }
+            Err(e) => {
+                self.reset();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Generate the model's reply to `messages`, streaming text through `on_text`.
+    pub fn generate(
+        &mut self,
+        messages: &[Message],
+        params: &SamplingParams,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationReport> {
+        let start = Instant::now();
+        let Prefill {
+            mut logits,
+            prompt_tokens,
+            reused_tokens: reused,
+            audio_splits,
+        } = self.prefill(messages)?;
+        let prefill_s = start.elapsed().as_secs_f64();
+        let mut sampler = Sampler::new(params);
+        let mut stream = self.prompt.text_stream();
+        let mut token_ids = Vec::new();
+        let mut text = String::new();
+        let mut ttft_ms = 0.0;
+        let decode_start = Instant::now();
+        let stop_reason = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break StopReason::Cancelled;
+            }
+            let id = sampler.sample(&logits);
+            token_ids.push(id);
+            if token_ids.len() == 1 {
+                ttft_ms = start.elapsed().as_secs_f64() * 1e3;
+            }
+            if self.stop_ids.contains(&id) {
+                break StopReason::Eos;
+            }
+            if let Some(delta) = stream.push(id) {
+                on_text(&delta);
+                text.push_str(&delta);
+            }
+            if token_ids.len() >= params.max_new_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.state.cache.seq_len() + 1 > self.context_length() {
+                break StopReason::ContextFull;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                break StopReason::Cancelled;
+            }
+            logits = self.state.step(&self.model, id)?;
+        };
+        if let Some(rest) = stream.finish() {
+            on_text(&rest);
+            text.push_str(&rest);
+        }
+        let decoded = token_ids.len().saturating_sub(1);
+        let decode_s = decode_start.elapsed().as_secs_f64();
+        Ok(GenerationReport {
+            token_ids,
+            text,
+            prompt_tokens,
+            reused_tokens: reused,
+            stop_reason,
+            ttft_ms,
+            prefill_tok_s: (prompt_tokens - reused) as f64 / prefill_s.max(1e-9),
+            decode_tok_s: if decoded > 0 {
+                decoded as f64 / decode_s.max(1e-9)
+            } else {
+                0.0
+            },
+            audio_splits,
+        })
+    }
+
+    fn check_length(&self, tokens: usize) -> Result<()> {
+        // Room for at least one generated token.
+        if tokens >= self.context_length() {
+            return Err(Error::PromptTooLong {
+                tokens,
+                context: self.context_length(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Longest cached prefix usable for `prepared`: never all of it (the last position must be
+    /// run to get logits) and never part of a media run.
+    fn reusable_prefix(&self, prepared: &PreparedPrompt) -> usize {
+        let mut n = self
+            .state
+            .keys
+            .iter()
+            .zip(&prepared.keys)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prepared.keys.len() - 1)
+            .min(self.state.cache.seq_len());
+        for (_, span) in &prepared.media {
+            if span.start < n && n < span.end {
+                n = span.start;
+            }
+        }
+        n
+    }
+
+    /// Soft embeddings of the media whose runs start at or after `from`.
+    fn embed_media(&self, prepared: &PreparedPrompt, from: usize) -> Result<MediaEmbeddings> {
+        let mut pixels = Vec::new();
+        let mut clips = Vec::new();
+        for (media, span) in &prepared.media {
+            if span.start < from {
+                continue;
+            }
+            match media {
+                Media::Image(p) => pixels.push(p.clone()),
+                Media::AudioClip(c) => clips.push(c.clone()),
+            }
+        }
+        let images = if pixels.is_empty() {
+            None
+        } else {
+            Some(self.model.encode_images(&Tensor::stack(&pixels, 0)?)?)
+        };
+        let audio = if clips.is_empty() {
+            None
+        } else {
+            let features = self.audio.features(&clips)?;
+            Some(
+                self.model
+                    .encode_audio(&features.features, &features.mask)?,
+            )
+        };
+        Ok(MediaEmbeddings { images, audio })
+    }
+
+    /// Load the media, give each audio clip its own audio part, encode, and locate the runs.
+    fn prepare(&self, messages: &[Message]) -> Result<PreparedPrompt> {
+        let mut media = Vec::new();
+        let mut audio_splits = Vec::new();
+        let mut expanded = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut content = Vec::with_capacity(message.content.len());
+            for part in &message.content {
+                match part {
+                    Part::Image { path } => {
+                        media.push(Media::Image(
+                            self.images
+                                .load_file(path)?
+                                .to_device(self.model.device())?,
+                        ));
+                        content.push(part.clone());
+                    }
+                    Part::Audio { path } => {
+                        let split = self.audio.load(path)?;
+                        if split.was_split() {
+                            audio_splits.push(format!("{}: {}", path.display(), split.describe()));
+                        }
+                        for clip in split.into_samples() {
+                            media.push(Media::AudioClip(clip));
+                            content.push(part.clone());
+                        }
+                    }
+                    Part::Text { .. } => content.push(part.clone()),
+                }
+            }
+            expanded.push(Message {
+                role: message.role,
+                content,
+            });
+        }
+        let ids = self.prompt.encode(&expanded)?.ids;
+        let cfg = self.model.config();
+        let mut keys: Vec<u64> = ids.iter().map(|&id| u64::from(id)).collect();
+        let mut spans = Vec::with_capacity(media.len());
+        let mut pos = 0;
+        for item in &media {
+            let (token, hash) = match item {
+                Media::Image(p) => (
+                    cfg.image_token_id,
+                    hash_floats(&p.flatten_all()?.to_vec1()?),
+                ),
+                Media::AudioClip(c) => (cfg.audio_token_id, hash_floats(c)),
+            };
+            let start = ids[pos..]
+                .iter()
+                .position(|&id| id == token)
+                .map(|i| pos + i)
+                .ok_or_else(|| {
+                    Error::Conversation("a media item has no slot in the prompt".into())
+                })?;
+            let end = start + ids[start..].iter().take_while(|&&id| id == token).count();
+            for (k, key) in keys[start..end].iter_mut().enumerate() {
+                *key = media_key(hash, k);
+            }
+            spans.push(start..end);
+            pos = end;
+        }
+        Ok(PreparedPrompt {
+            ids,
+            keys,
+            media: media.into_iter().zip(spans).collect(),
+            audio_splits,
+        })
+    }
+}
+
+fn hash_floats(values: &[f32]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for v in values {
+        v.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Keys of soft-token positions live above every token id.
+fn media_key(hash: u64, offset: usize) -> u64 {
+    let mut h = DefaultHasher::new();
+    (hash, offset).hash(&mut h);
+    h.finish() | (1 << 63)
+}
+
+/// Sampling defaults and stop ids from `generation_config.json` (absent file: library defaults).
+fn generation_defaults(dir: &Path) -> Result<(SamplingParams, Vec<u32>)> {
+    let path = dir.join("generation_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok((SamplingParams::default(), Vec::new()));
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::ModelFiles(format!("{} is not valid JSON: {e}", path.display())))?;
+    let mut params = SamplingParams::default();
+    if let Some(t) = json.get("temperature").and_then(|v| v.as_f64()) {
+        params.temperature = t;
+    }
+    params.top_k = json
+        .get("top_k")
+        .and_then(|v| v.as_u64())
+        .map(|k| k as usize);
+    params.top_p = json.get("top_p").and_then(|v| v.as_f64());
+    if json.get("do_sample").and_then(|v| v.as_bool()) == Some(false) {
+        params.temperature = 0.0;
+    }
+    let stop_ids = match json.get("eos_token_id") {
+        Some(serde_json::Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|v| v.as_u64().map(|id| id as u32))
+            .collect(),
+        Some(v) => v.as_u64().map(|id| vec![id as u32]).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    Ok((params, stop_ids))
+}

@@ -1,0 +1,94 @@
+//! Checkpoint problems are reported by tensor or file name.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use common::model_dir;
+use gemma3n::Gemma3nModel;
+
+/// A copy of the D model folder whose weights are replaced by `edit`.
+fn edited_copy(tag: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
+    let src = model_dir("D");
+    let dir = std::env::temp_dir().join(format!("gemma3n-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    let err = Gemma3nModel::load(dir, DType::F32, &Device::Cpu)
+        .err()
+        .expect("loading should fail");
+    std::fs::remove_dir_all(dir).ok();
+    err.to_string()
+}
+
+const NORM: &str = "model.language_model.norm.weight";
+
+#[test]
+fn wrong_shape_is_reported_by_name() {
+    let dir = edited_copy("shape", |t| {
+        t.insert(
+            NORM.into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_err(&dir);
+    assert!(err.contains(NORM), "{err}");
+    assert!(err.contains("shape"), "{err}");
+}
+
+#[test]
+fn wrong_dtype_is_reported_by_name() {
+    let dir = edited_copy("dtype", |t| {
+        let n = t[NORM].dim(0).unwrap();
+        t.insert(
+            NORM.into(),
+            Tensor::zeros(n, DType::I64, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_err(&dir);
+    assert!(err.contains(NORM) && err.contains("dtype"), "{err}");
+}
+
+#[test]
+fn missing_tensor_is_reported_by_name() {
+    let dir = edited_copy("missing", |t| {
+        t.remove(NORM);
+    });
+    let err = load_err(&dir);
+    assert!(err.contains(NORM), "{err}");
+}
+
+#[test]
+fn kv_shared_layers_ignore_their_own_projections() {
+    // Drop the unused k/v weights of the KV-shared layers: the model must still load.
+    let cfg = gemma3n::Gemma3nConfig::from_file(&model_dir("D").join("config.json")).unwrap();
+    let first = cfg.text_config.first_kv_shared_layer();
+    let dir = edited_copy("shared", |t| {
+        t.retain(|name, _| {
+            !(first..cfg.text_config.num_hidden_layers).any(|l| {
+                name.starts_with(&format!("model.language_model.layers.{l}.self_attn.k_"))
+                    || name.starts_with(&format!("model.language_model.layers.{l}.self_attn.v_"))
+            })
+        });
+    });
+    let loaded = Gemma3nModel::load(&dir, DType::F32, &Device::Cpu);
+    std::fs::remove_dir_all(&dir).ok();
+    loaded.expect("KV-shared layers must not need k/v weights");
+}
+
+#[test]
+fn missing_config_is_reported() {
+    let dir = std::env::temp_dir().join(format!("gemma3n-noconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("config.json"), "{err}");
+}
