@@ -255,7 +255,7 @@ impl QLinear {
         head: bool,
         fill: &dyn Fn(usize, &mut [f32]),
     ) -> Self {
-        let fits = |block: usize| cols % block == 0;
+        let fits = |block: usize| cols.is_multiple_of(block);
         let packed: Arc<dyn PackedMatmul> = match format {
             WeightFormat::Q4K if head && fits(256) => {
                 Arc::new(Packed::<BlockQ6K>::new(rows, cols, fill))
