@@ -6,20 +6,23 @@
 //! `Gemma3nForConditionalGeneration`.
 
 pub mod audio;
+pub mod bench;
 pub mod config;
 pub mod embedder;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod nn;
+pub mod quant;
 pub mod text;
 pub mod vision;
 
 pub use audio::{AudioEncoder, AudioEncoding};
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;
-pub use loader::Checkpoint;
-pub use model::{Gemma3nModel, MediaEmbeddings};
+pub use loader::{Checkpoint, EmbeddingTable};
+pub use model::{parse_device, Gemma3nModel, LoadOptions, MediaEmbeddings};
+pub use quant::{QLinear, WeightFormat};
 
 /// Errors of the model library.  Candle errors keep their text, which names the tensor involved.
 #[derive(Debug, thiserror::Error)]

@@ -5,11 +5,15 @@
 //! truncated download or a tensor of a non-float type is reported by name instead of surfacing as
 //! a confusing failure deep inside model construction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::{Error, Result};
@@ -17,32 +21,205 @@ use crate::{Error, Result};
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// The validated weight files of one checkpoint.
+/// Where one tensor lives inside a checkpoint.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    /// Byte range inside the file.
+    start: usize,
+    end: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+/// The validated, memory-mapped weight files of one checkpoint.
+///
+/// Tensors are read with positioned file reads rather than through the maps, so that loading
+/// (and converting or quantising) the weights does not leave the whole file resident in the
+/// process; the maps serve the large embedding tables, which are only gathered row by row.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
+    maps: Arc<Vec<Mmap>>,
+    handles: Arc<Vec<File>>,
+    index: Arc<HashMap<String, Entry>>,
 }
 
 impl Checkpoint {
-    /// Locate the weight files in `dir` and validate their headers against their sizes.
+    /// Locate the weight files in `dir`, map them and validate their headers against their sizes.
     pub fn open(dir: &Path) -> Result<Self> {
         let files = weight_files(dir)?;
-        for file in &files {
-            validate_file(file)?;
+        let mut maps = Vec::with_capacity(files.len());
+        let mut handles = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let (file, mmap) = map_file(path)?;
+            index_file(i, path, &mmap, &mut index)?;
+            maps.push(mmap);
+            handles.push(file);
         }
         Ok(Self {
             dir: dir.to_path_buf(),
             files,
+            maps: Arc::new(maps),
+            handles: Arc::new(handles),
+            index: Arc::new(index),
         })
     }
 
-    /// A var builder over the memory-mapped files; tensors are converted to `dtype` when fetched.
+    /// A var builder over the checkpoint; tensors are read and converted to `dtype` when fetched.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        // SAFETY: the files are opened read-only and must not be modified while the model lives;
-        // this is the contract of every memory-mapped checkpoint loader.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device)? };
-        Ok(vb)
+        Ok(VarBuilder::from_backend(
+            Box::new(self.clone()),
+            dtype,
+            device.clone(),
+        ))
+    }
+
+    /// The memory-mapped table `name` (`[rows, cols]`), for row gathers without loading it.
+    pub fn table(&self, name: &str) -> Result<EmbeddingTable> {
+        let e = self.entry(name).map_err(Error::Candle)?;
+        if e.shape.len() != 2 {
+            return Err(Error::Checkpoint(format!(
+                "{name} has shape {:?}; expected a 2-D table",
+                e.shape
+            )));
+        }
+        Ok(EmbeddingTable {
+            maps: self.maps.clone(),
+            file: e.file,
+            start: e.start,
+            rows: e.shape[0],
+            cols: e.shape[1],
+            dtype: e.dtype,
+        })
+    }
+
+    fn entry(&self, name: &str) -> candle_core::Result<&Entry> {
+        self.index.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("tensor {name} is not in the checkpoint"))
+        })
+    }
+
+    fn read(&self, name: &str) -> candle_core::Result<Tensor> {
+        let e = self.entry(name)?;
+        let mut bytes = vec![0u8; e.end - e.start];
+        read_at(&self.handles[e.file], &mut bytes, e.start as u64)
+            .map_err(|err| candle_core::Error::Msg(format!("reading {name}: {err}")))?;
+        Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &Device::Cpu)
+    }
+}
+
+impl SimpleBackend for Checkpoint {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "tensor {name} has shape {:?}, the config implies {:?}",
+                t.shape(),
+                s
+            );
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.read(name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+}
+
+/// A `[rows, cols]` table left in the memory-mapped checkpoint; rows are converted to f32 as they
+/// are gathered, so only the pages of the rows used ever become resident.
+#[derive(Debug, Clone)]
+pub struct EmbeddingTable {
+    maps: Arc<Vec<Mmap>>,
+    file: usize,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+}
+
+impl EmbeddingTable {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row_bytes(&self, row: usize) -> &[u8] {
+        let width = self.dtype.size_in_bytes() * self.cols;
+        let at = self.start + row * width;
+        &self.maps[self.file][at..at + width]
+    }
+
+    /// Drop the table's pages from this process (they stay in the page cache); later gathers
+    /// fault in only the rows they touch.  Used after reading the whole table once.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        {
+            let len = self.rows * self.cols * self.dtype.size_in_bytes();
+            // SAFETY: the map is read-only and file-backed, so dropped pages are re-read from the
+            // file on the next access; no data can be lost.
+            let _ = unsafe {
+                self.maps[self.file].unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.start,
+                    len,
+                )
+            };
+        }
+    }
+
+    /// Write row `row` as f32 into `out` (`cols` long).
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
+        let bytes = self.row_bytes(row);
+        match self.dtype {
+            DType::BF16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                }
+            }
+            DType::F16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            _ => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        }
+    }
+
+    /// Rows `ids` (`[..]` u32, any shape) as an f32 tensor `[.., cols]` on `device`.
+    pub fn gather(&self, ids: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
+        let host: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let mut out = vec![0f32; host.len() * self.cols];
+        for (&id, dst) in host.iter().zip(out.chunks_exact_mut(self.cols)) {
+            if id as usize >= self.rows {
+                candle_core::bail!("id {id} is outside the table of {} rows", self.rows);
+            }
+            self.row_into(id as usize, dst);
+        }
+        let mut shape = ids.dims().to_vec();
+        shape.push(self.cols);
+        Tensor::from_vec(out, shape, &Device::Cpu)?.to_device(device)
     }
 }
 
@@ -88,26 +265,72 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     )))
 }
 
-fn validate_file(path: &Path) -> Result<()> {
-    let file = std::fs::File::open(path)
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn map_file(path: &Path) -> Result<(File, Mmap)> {
+    let file = File::open(path)
         .map_err(|e| Error::Checkpoint(format!("cannot open {}: {e}", path.display())))?;
-    // SAFETY: read-only map of a file we only read; see `Checkpoint::var_builder`.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }
+    // SAFETY: read-only map of a file we only read; it must not be modified while the model
+    // lives, the contract of every memory-mapped checkpoint loader.
+    let mmap = unsafe { Mmap::map(&file) }
         .map_err(|e| Error::Checkpoint(format!("cannot map {}: {e}", path.display())))?;
-    let tensors = SafeTensors::deserialize(&mmap).map_err(|e| {
+    Ok((file, mmap))
+}
+
+fn index_file(
+    file: usize,
+    path: &Path,
+    mmap: &Mmap,
+    index: &mut HashMap<String, Entry>,
+) -> Result<()> {
+    let tensors = SafeTensors::deserialize(mmap).map_err(|e| {
         Error::Checkpoint(format!(
             "{} is not a valid safetensors file (truncated or corrupt download?): {e}",
             path.display()
         ))
     })?;
+    let base = mmap.as_ptr() as usize;
     for (name, view) in tensors.tensors() {
-        if !matches!(view.dtype(), Dtype::F32 | Dtype::BF16 | Dtype::F16) {
-            return Err(Error::Checkpoint(format!(
-                "tensor {name} in {} has dtype {:?}; expected f32, bf16 or f16",
-                path.display(),
-                view.dtype()
-            )));
-        }
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+            other => {
+                return Err(Error::Checkpoint(format!(
+                    "tensor {name} in {} has dtype {other:?}; expected f32, bf16 or f16",
+                    path.display()
+                )))
+            }
+        };
+        let start = view.data().as_ptr() as usize - base;
+        index.insert(
+            name,
+            Entry {
+                file,
+                start,
+                end: start + view.data().len(),
+                dtype,
+                shape: view.shape().to_vec(),
+            },
+        );
     }
     Ok(())
 }

@@ -12,9 +12,85 @@ use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
 use crate::loader::Checkpoint;
+use crate::quant::WeightFormat;
 use crate::text::{TextModel, Trace};
 use crate::vision::{Arch, VisionTower};
 use crate::{Error, Result};
+
+/// How to load a model: weight storage, device, and CPU threads.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Storage of the decoder's matrices.  `Dense` keeps them as candle tensors in `dtype`; the
+    /// packed formats (CPU only) keep f32 activations, norms and softmax.
+    pub weights: WeightFormat,
+    /// Activation dtype of the dense path (f32 for parity; bf16 is the GPU choice).
+    pub dtype: DType,
+    pub device: Device,
+    /// Size of the rayon pool that candle and the packed kernels use; `None` leaves the pool as
+    /// configured (rayon's default, or `RAYON_NUM_THREADS`).
+    pub threads: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            weights: WeightFormat::Dense,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            threads: None,
+        }
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N` or `metal`; a GPU the build lacks is reported, not panicked on.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => {
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| Error::Config(format!("bad device ordinal in {spec:?}")))?;
+            (k.to_string(), n)
+        }
+        None => (spec.clone(), 0),
+    };
+    let device = match kind.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(ordinal),
+        "metal" => Device::new_metal(ordinal),
+        _ => {
+            return Err(Error::Config(format!(
+                "unknown device {spec:?}; expected cpu, cuda[:N] or metal"
+            )))
+        }
+    };
+    device.map_err(|e| Error::Config(format!("device {spec} is not available: {e}")))
+}
+
+impl LoadOptions {
+    /// Size the global rayon pool.  It can be sized once per process; a later different request
+    /// is an error rather than a silent no-op.
+    pub fn apply_threads(&self) -> Result<()> {
+        let Some(n) = self.threads else { return Ok(()) };
+        if n == 0 {
+            return Err(Error::Config("threads must be at least 1".into()));
+        }
+        // candle's own CPU matmul reads the count from this variable.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        if rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .is_err()
+            && rayon::current_num_threads() != n
+        {
+            return Err(Error::Config(format!(
+                "the thread pool already runs {} threads; {n} can only be chosen before the first load",
+                rayon::current_num_threads()
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Soft embeddings of the media in a prompt, already in the decoder's space and in prompt order:
 /// `images` `[n_images, tokens_per_image, D]`, `audio` `[n_clips, tokens_per_clip, D]`.
@@ -42,18 +118,39 @@ pub struct Gemma3nModel {
 }
 
 impl Gemma3nModel {
-    /// Load `config.json` and the weights from a model folder.
+    /// Load `config.json` and the weights from a model folder, dense in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = Gemma3nConfig::from_file(&dir.join("config.json"))?;
-        let checkpoint = Checkpoint::open(dir)?;
-        let vb = checkpoint.var_builder(dtype, device)?;
-        Self::new(&cfg, vb)
+        Self::load_with(
+            dir,
+            &LoadOptions {
+                dtype,
+                device: device.clone(),
+                ..LoadOptions::default()
+            },
+        )
     }
 
-    pub fn new(cfg: &Gemma3nConfig, vb: VarBuilder<'static>) -> Result<Self> {
+    /// Load with explicit weight storage, device and threads.
+    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        opts.apply_threads()?;
+        let cfg = Gemma3nConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let packed = opts.weights != WeightFormat::Dense && opts.device.is_cpu();
+        // Packed weights run with f32 activations; the dense path uses the requested dtype.
+        let dtype = if packed { DType::F32 } else { opts.dtype };
+        let vb = checkpoint.var_builder(dtype, &opts.device)?;
+        Self::new(&cfg, vb, &checkpoint, opts.weights)
+    }
+
+    pub fn new(
+        cfg: &Gemma3nConfig,
+        vb: VarBuilder<'static>,
+        checkpoint: &Checkpoint,
+        weights: WeightFormat,
+    ) -> Result<Self> {
         let t = &cfg.text_config;
         let model = vb.pp("model");
-        let text = TextModel::new(t, model.pp("language_model"))?;
+        let text = TextModel::new(t, model.pp("language_model"), checkpoint, weights)?;
         let v = &cfg.vision_config;
         let a = &cfg.audio_config;
         let embed_vision = MultimodalEmbedder::new(

@@ -2,11 +2,13 @@
 //! LAuReL, sliding/full attention with KV-cache sharing, sparse gelu MLPs, tied soft-capped head.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::config::{LayerType, TextConfig};
 use crate::kv_cache::Cache;
+use crate::loader::{Checkpoint, EmbeddingTable};
 use crate::nn::{linear, match_magnitude, rms, softcap, RmsNorm};
+use crate::quant::{QLinear, WeightFormat};
 
 /// Rotary tables (rotate-half form) for one theta.
 #[derive(Debug, Clone)]
@@ -73,10 +75,10 @@ fn attention_mask(
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
+    q_proj: QLinear,
     /// Present only on layers that compute their own keys and values.
     kv: Option<KeyValueProjection>,
-    o_proj: Linear,
+    o_proj: QLinear,
     q_norm: RmsNorm,
     num_heads: usize,
     num_kv_heads: usize,
@@ -85,14 +87,14 @@ struct Attention {
 
 #[derive(Debug, Clone)]
 struct KeyValueProjection {
-    k_proj: Linear,
-    v_proj: Linear,
+    k_proj: QLinear,
+    v_proj: QLinear,
     k_norm: RmsNorm,
     v_norm: RmsNorm,
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, owns_kv: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, owns_kv: bool, fmt: WeightFormat, vb: VarBuilder) -> Result<Self> {
         let (h, kvh, hd, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
@@ -102,8 +104,8 @@ impl Attention {
         let eps = cfg.rms_norm_eps;
         let kv = if owns_kv {
             Some(KeyValueProjection {
-                k_proj: linear(d, kvh * hd, vb.pp("k_proj"))?,
-                v_proj: linear(d, kvh * hd, vb.pp("v_proj"))?,
+                k_proj: QLinear::load(d, kvh * hd, fmt, vb.pp("k_proj"))?,
+                v_proj: QLinear::load(d, kvh * hd, fmt, vb.pp("v_proj"))?,
                 k_norm: RmsNorm::new(hd, eps, vb.pp("k_norm"))?,
                 v_norm: RmsNorm::without_weight(hd, eps, vb.device())?,
             })
@@ -111,9 +113,9 @@ impl Attention {
             None
         };
         Ok(Self {
-            q_proj: linear(d, h * hd, vb.pp("q_proj"))?,
+            q_proj: QLinear::load(d, h * hd, fmt, vb.pp("q_proj"))?,
             kv,
-            o_proj: linear(h * hd, d, vb.pp("o_proj"))?,
+            o_proj: QLinear::load(h * hd, d, fmt, vb.pp("o_proj"))?,
             q_norm: RmsNorm::new(hd, eps, vb.pp("q_norm"))?,
             num_heads: h,
             num_kv_heads: kvh,
@@ -128,6 +130,7 @@ impl Attention {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
+        window: Option<usize>,
         cache: &mut Cache,
         kv_layer: usize,
     ) -> Result<Tensor> {
@@ -149,6 +152,22 @@ impl Attention {
                 cache.layer_mut(kv_layer).append(&k, &v.transpose(1, 2)?)?
             }
             None => cache.layer(kv_layer).current()?,
+        };
+
+        // A sliding layer's queries at start.. see nothing before start + 1 - window: skip those
+        // keys (their mask columns are all -inf) so long chats cost O(window) per token.
+        let (k, v, mask) = match window {
+            Some(w) => {
+                let total = k.dim(2)?;
+                let first = (total - t + 1).saturating_sub(w);
+                let kept = total - first;
+                (
+                    k.narrow(2, first, kept)?,
+                    v.narrow(2, first, kept)?,
+                    mask.narrow(1, first, kept)?,
+                )
+            }
+            None => (k, v, mask.clone()),
         };
 
         // Grouped-query attention: fold the query heads sharing a KV head into the time axis.
@@ -177,19 +196,25 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
     /// `Φ⁻¹(sparsity)` for Gaussian top-k layers; `None` for dense layers.
     sparsity_std_multiplier: Option<f64>,
 }
 
 impl Mlp {
-    fn new(hidden: usize, intermediate: usize, sparsity: f64, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        hidden: usize,
+        intermediate: usize,
+        sparsity: f64,
+        fmt: WeightFormat,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            gate_proj: linear(hidden, intermediate, vb.pp("gate_proj"))?,
-            up_proj: linear(hidden, intermediate, vb.pp("up_proj"))?,
-            down_proj: linear(intermediate, hidden, vb.pp("down_proj"))?,
+            gate_proj: QLinear::load(hidden, intermediate, fmt, vb.pp("gate_proj"))?,
+            up_proj: QLinear::load(hidden, intermediate, fmt, vb.pp("up_proj"))?,
+            down_proj: QLinear::load(intermediate, hidden, fmt, vb.pp("down_proj"))?,
             sparsity_std_multiplier: (sparsity > 0.0).then(|| standard_normal_quantile(sparsity)),
         })
     }
@@ -307,17 +332,17 @@ impl AltUp {
 /// LAuReL: a low-rank learned residual, `x + norm(right(left(x)))`.
 #[derive(Debug, Clone)]
 struct Laurel {
-    linear_left: Linear,
-    linear_right: Linear,
+    linear_left: QLinear,
+    linear_right: QLinear,
     post_laurel_norm: RmsNorm,
 }
 
 impl Laurel {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, fmt: WeightFormat, vb: VarBuilder) -> Result<Self> {
         let (d, r) = (cfg.hidden_size, cfg.laurel_rank);
         Ok(Self {
-            linear_left: linear(d, r, vb.pp("linear_left"))?,
-            linear_right: linear(r, d, vb.pp("linear_right"))?,
+            linear_left: QLinear::load(d, r, fmt, vb.pp("linear_left"))?,
+            linear_right: QLinear::load(r, d, fmt, vb.pp("linear_right"))?,
             post_laurel_norm: RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("post_laurel_norm"))?,
         })
     }
@@ -340,17 +365,19 @@ struct DecoderLayer {
     post_attention_layernorm: RmsNorm,
     pre_feedforward_layernorm: RmsNorm,
     post_feedforward_layernorm: RmsNorm,
-    per_layer_input_gate: Linear,
-    per_layer_projection: Linear,
+    per_layer_input_gate: QLinear,
+    per_layer_projection: QLinear,
     post_per_layer_input_norm: RmsNorm,
     layer_type: LayerType,
     /// Cache entry this layer reads (its own, or its donor's for KV-shared layers).
     kv_layer: usize,
+    /// Attention span of sliding layers.
+    window: Option<usize>,
     active: usize,
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, index: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, index: usize, fmt: WeightFormat, vb: VarBuilder) -> Result<Self> {
         let (d, p, eps) = (
             cfg.hidden_size,
             cfg.hidden_size_per_layer_input,
@@ -359,24 +386,27 @@ impl DecoderLayer {
         let donor = cfg.kv_donor(index);
         let norm = |name: &str| RmsNorm::new(d, eps, vb.pp(name));
         Ok(Self {
-            self_attn: Attention::new(cfg, donor.is_none(), vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, donor.is_none(), fmt, vb.pp("self_attn"))?,
             mlp: Mlp::new(
                 d,
                 cfg.intermediate_sizes()[index],
                 cfg.activation_sparsity()[index],
+                fmt,
                 vb.pp("mlp"),
             )?,
             altup: AltUp::new(cfg, vb.pp("altup"))?,
-            laurel: Laurel::new(cfg, vb.pp("laurel"))?,
+            laurel: Laurel::new(cfg, fmt, vb.pp("laurel"))?,
             input_layernorm: norm("input_layernorm")?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
             pre_feedforward_layernorm: norm("pre_feedforward_layernorm")?,
             post_feedforward_layernorm: norm("post_feedforward_layernorm")?,
-            per_layer_input_gate: linear(d, p, vb.pp("per_layer_input_gate"))?,
-            per_layer_projection: linear(p, d, vb.pp("per_layer_projection"))?,
+            per_layer_input_gate: QLinear::load(d, p, fmt, vb.pp("per_layer_input_gate"))?,
+            per_layer_projection: QLinear::load(p, d, fmt, vb.pp("per_layer_projection"))?,
             post_per_layer_input_norm: norm("post_per_layer_input_norm")?,
             layer_type: cfg.layer_types()[index],
             kv_layer: donor.unwrap_or(index),
+            window: (cfg.layer_types()[index] == LayerType::SlidingAttention)
+                .then_some(cfg.sliding_window),
             active: cfg.altup_active_idx,
         })
     }
@@ -395,9 +425,9 @@ impl DecoderLayer {
         let normed = self.input_layernorm.forward(&active)?;
         let laurel = self.laurel.forward(&normed)?;
 
-        let attn = self
-            .self_attn
-            .forward(&normed, rope, mask, cache, self.kv_layer)?;
+        let attn =
+            self.self_attn
+                .forward(&normed, rope, mask, self.window, cache, self.kv_layer)?;
         let attn = self.post_attention_layernorm.forward(&attn)?;
         let attn_laurel = (((active + attn)? + laurel)? / std::f64::consts::SQRT_2)?;
 
@@ -446,42 +476,77 @@ pub struct Trace {
 
 #[derive(Debug, Clone)]
 pub struct TextModel {
-    embed_tokens: Embedding,
-    embed_tokens_per_layer: Embedding,
-    per_layer_model_projection: Linear,
+    /// Left memory-mapped: gathered a row per token, never loaded whole.
+    embed_tokens: EmbeddingTable,
+    embed_tokens_per_layer: EmbeddingTable,
+    /// The tied LM head: the token embeddings again, as a matrix in the chosen weight format.
+    lm_head: QLinear,
+    per_layer_model_projection: QLinear,
     per_layer_projection_norm: RmsNorm,
-    altup_projections: Vec<Linear>,
-    altup_unembed_projections: Vec<Linear>,
+    altup_projections: Vec<QLinear>,
+    altup_unembed_projections: Vec<QLinear>,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     rope_sliding: Rotary,
     rope_full: Rotary,
     cfg: TextConfig,
     dtype: DType,
+    device: Device,
 }
 
 impl TextModel {
-    pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` is rooted at `model.language_model`; the embedding tables come straight from the
+    /// checkpoint's maps and the large matrices are stored in `fmt`.
+    pub fn new(
+        cfg: &TextConfig,
+        vb: VarBuilder,
+        checkpoint: &Checkpoint,
+        fmt: WeightFormat,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let l = cfg.num_hidden_layers;
         let p = cfg.hidden_size_per_layer_input;
         let n = cfg.altup_num_inputs;
         let dev = vb.device().clone();
-        let embed_tokens = candle_nn::embedding(cfg.vocab_size, d, vb.pp("embed_tokens"))?;
-        let embed_tokens_per_layer = candle_nn::embedding(
+        let table = |name: &str, rows: usize, cols: usize| -> Result<EmbeddingTable> {
+            let t = checkpoint
+                .table(&format!("{}.{name}.weight", vb.prefix()))
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            if (t.rows(), t.cols()) != (rows, cols) {
+                candle_core::bail!(
+                    "{name} is {}x{}, the config implies {rows}x{cols}",
+                    t.rows(),
+                    t.cols()
+                );
+            }
+            Ok(t)
+        };
+        let embed_tokens = table("embed_tokens", cfg.vocab_size, d)?;
+        let embed_tokens_per_layer = table(
+            "embed_tokens_per_layer",
             cfg.vocab_size_per_layer_input,
             l * p,
-            vb.pp("embed_tokens_per_layer"),
         )?;
-        let projections = |name: &str| -> Result<Vec<Linear>> {
+        let lm_head = if fmt == WeightFormat::Dense || !dev.is_cpu() {
+            QLinear::Dense(linear(d, cfg.vocab_size, vb.pp("embed_tokens"))?)
+        } else {
+            lm_head_from_table(&embed_tokens, fmt)
+        };
+        let projections = |name: &str| -> Result<Vec<QLinear>> {
             (0..n.saturating_sub(1))
-                .map(|i| linear(d, d, vb.pp(format!("{name}.{i}"))))
+                .map(|i| QLinear::load(d, d, fmt, vb.pp(format!("{name}.{i}"))))
                 .collect()
         };
         Ok(Self {
             embed_tokens,
             embed_tokens_per_layer,
-            per_layer_model_projection: linear(d, l * p, vb.pp("per_layer_model_projection"))?,
+            lm_head,
+            per_layer_model_projection: QLinear::load(
+                d,
+                l * p,
+                fmt,
+                vb.pp("per_layer_model_projection"),
+            )?,
             per_layer_projection_norm: RmsNorm::new(
                 p,
                 cfg.rms_norm_eps,
@@ -490,7 +555,7 @@ impl TextModel {
             altup_projections: projections("altup_projections")?,
             altup_unembed_projections: projections("altup_unembed_projections")?,
             layers: (0..l)
-                .map(|i| DecoderLayer::new(cfg, i, vb.pp(format!("layers.{i}"))))
+                .map(|i| DecoderLayer::new(cfg, i, fmt, vb.pp(format!("layers.{i}"))))
                 .collect::<Result<_>>()?,
             norm: RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("norm"))?,
             rope_sliding: Rotary::new(
@@ -505,6 +570,7 @@ impl TextModel {
             )?,
             cfg: cfg.clone(),
             dtype: vb.dtype(),
+            device: dev,
         })
     }
 
@@ -517,7 +583,7 @@ impl TextModel {
     }
 
     pub fn device(&self) -> &Device {
-        self.embed_tokens.embeddings().device()
+        &self.device
     }
 
     /// A cache sized for this decoder.
@@ -528,7 +594,10 @@ impl TextModel {
     /// Token embeddings times `sqrt(hidden_size)`; `ids` `[B, T]` u32.
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
         let scale = (self.cfg.hidden_size as f64).sqrt();
-        self.embed_tokens.forward(ids)? * scale
+        self.embed_tokens
+            .gather(ids, &self.device)?
+            .to_dtype(self.dtype)?
+            * scale
     }
 
     /// Token part of the per-layer inputs, `[B, T, L, P]`; `ids` must be below the per-layer vocab.
@@ -536,12 +605,11 @@ impl TextModel {
         let (b, t) = ids.dims2()?;
         let p = self.cfg.hidden_size_per_layer_input;
         let scale = (p as f64).sqrt();
-        (self.embed_tokens_per_layer.forward(ids)? * scale)?.reshape((
-            b,
-            t,
-            self.cfg.num_hidden_layers,
-            p,
-        ))
+        let rows = self
+            .embed_tokens_per_layer
+            .gather(ids, &self.device)?
+            .to_dtype(self.dtype)?;
+        (rows * scale)?.reshape((b, t, self.cfg.num_hidden_layers, p))
     }
 
     /// Combine the token part with the projection of the (merged) input embeddings.
@@ -622,12 +690,24 @@ impl TextModel {
 
     /// Tied, soft-capped LM head: `[B, T, D]` → `[B, T, V]` in f32.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = hidden
-            .broadcast_matmul(&self.embed_tokens.embeddings().t()?)?
-            .to_dtype(DType::F32)?;
+        let logits = self.lm_head.forward(hidden)?.to_dtype(DType::F32)?;
         match self.cfg.final_logit_softcapping {
             Some(cap) => softcap(&logits, cap),
             None => Ok(logits),
         }
     }
+}
+
+/// Pack the tied LM head from the mapped table a slice of rows at a time (no f32 copy of the whole
+/// table ever exists), then let the pages read go, so the table does not stay resident.
+fn lm_head_from_table(table: &EmbeddingTable, fmt: WeightFormat) -> QLinear {
+    let cols = table.cols();
+    let fill = |first: usize, buf: &mut [f32]| {
+        for (i, dst) in buf.chunks_exact_mut(cols).enumerate() {
+            table.row_into(first + i, dst);
+        }
+    };
+    let head = QLinear::pack(table.rows(), cols, fmt, true, &fill);
+    table.release_pages();
+    head
 }
