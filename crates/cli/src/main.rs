@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use engine::{Engine, GenerationReport, LoadOptions, Message, Part, Role, SamplingParams};
+use engine::{
+    Engine, GenerationReport, LoadOptions, Message, Part, Role, SamplingParams, WeightFormat,
+};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,29 @@ enum Command {
     Forward(ForwardArgs),
     /// Interactive multi-turn chat; the KV cache is reused between turns.
     Chat(ChatArgs),
+    /// Time loading, prefill, decoding and (optionally) the image and audio towers.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Length of the synthetic prompt.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Number of tokens to decode.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Also time the vision tower on one image at the model's input size.
+    #[arg(long)]
+    image: bool,
+    /// Also time the audio tower on one clip of the model's maximum length (30 s on real models).
+    #[arg(long)]
+    audio: bool,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -37,9 +62,16 @@ struct ModelArgs {
     /// Model folder, or a Hugging Face repo id such as google/gemma-3n-E2B-it.
     #[arg(long)]
     model: String,
-    /// Weight precision for computation.
+    /// How the decoder's weights are held: dense (f32, exact), bf16, q8_0, q4k (also q4_k_m)
+    /// or q4_0; the packed formats are CPU-only and keep norms and softmax in f32.
+    #[arg(long, default_value = "dense")]
+    quant: WeightFormat,
+    /// Activation precision on the dense path (bf16 is for GPUs).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     dtype: Precision,
+    /// cpu, cuda[:N] or metal (GPUs need a build with the cuda / metal feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -49,6 +81,23 @@ struct ModelArgs {
 enum Precision {
     F32,
     Bf16,
+}
+
+impl ModelArgs {
+    fn load_options(&self) -> Result<LoadOptions> {
+        if self.threads == Some(0) {
+            bail!("--threads must be at least 1");
+        }
+        Ok(LoadOptions {
+            weights: self.quant,
+            dtype: match self.dtype {
+                Precision::F32 => DType::F32,
+                Precision::Bf16 => DType::BF16,
+            },
+            device: gemma3n::parse_device(&self.device)?,
+            threads: self.threads,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -157,26 +206,82 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Forward(args) => forward(args),
         Command::Chat(args) => chat(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
-fn load_engine(args: &ModelArgs) -> Result<Engine> {
-    if let Some(n) = args.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // Read by candle's kernels and rayon's global pool; set before either starts.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+fn bench(args: BenchArgs) -> Result<()> {
+    let load = args.model.load_options()?;
+    let dir = engine::resolve_model(&args.model.model, true)?;
+    let image = if args.image {
+        // Without a configured size (resize off) the real tower's 768×768 input is used.
+        let (h, w) = engine::image::ImageProcessor::from_model_dir(&dir)?
+            .output_size()
+            .unwrap_or((768, 768));
+        Some(Tensor::full(
+            0.5f32,
+            (1, 3, h as usize, w as usize),
+            &Device::Cpu,
+        )?)
+    } else {
+        None
+    };
+    let audio = if args.audio {
+        let processor = engine::audio::AudioProcessor::from_model_dir(&dir)?;
+        let rate = processor.sampling_rate() as f32;
+        let clip: Vec<f32> = (0..processor.max_clip_samples())
+            .map(|i| 0.3 * (i as f32 * 440.0 * std::f32::consts::TAU / rate).sin())
+            .collect();
+        let f = processor.features(&[clip])?;
+        Some((f.features, f.mask))
+    } else {
+        None
+    };
+    let opts = gemma3n::bench::BenchOptions {
+        load,
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        image,
+        audio,
+    };
+    let report = gemma3n::bench::run(&dir, &opts)?;
+    if args.json {
+        println!("{}", report.to_json());
+        return Ok(());
     }
+    let mb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} MiB"));
+    println!("model          {}", dir.display());
+    println!(
+        "weights        {} ({} threads)",
+        report.weights, report.threads
+    );
+    println!(
+        "load           {:.2} s (RSS {})",
+        report.load_s,
+        mb(report.load_rss_mb)
+    );
+    println!(
+        "TTFT           {:.1} ms ({} prompt tokens)",
+        report.ttft_ms, report.prompt_tokens
+    );
+    println!("prefill        {:.1} tok/s", report.prefill_tok_s);
+    println!(
+        "decode         {:.2} tok/s ({} tokens)",
+        report.decode_tok_s, report.gen_tokens
+    );
+    println!("peak RSS       {}", mb(report.peak_rss_mb));
+    if let Some(ms) = report.image_encode_ms {
+        println!("image tower    {ms:.1} ms per image");
+    }
+    if let Some(ms) = report.audio_encode_ms {
+        println!("audio tower    {ms:.1} ms per clip");
+    }
+    Ok(())
+}
+
+fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    let opts = args.load_options()?;
     let dir = engine::resolve_model(&args.model, true)?;
-    let dtype = match args.dtype {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-    };
-    let opts = LoadOptions {
-        dtype,
-        device: Device::Cpu,
-    };
     Engine::load(&dir, &opts).with_context(|| format!("loading the model from {}", dir.display()))
 }
 

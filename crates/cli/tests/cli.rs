@@ -404,3 +404,47 @@ fn a_long_recording_is_split_and_the_split_is_reported() {
     assert_eq!(report["audio_splits"].as_array().unwrap().len(), 1);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn bench_json_reports_speed_memory_and_tower_times() {
+    let model = fixture("D").join("model");
+    for quant in ["dense", "q8_0"] {
+        let out = gemma_chat(&[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--quant",
+            quant,
+            "--prompt-tokens",
+            "16",
+            "--gen-tokens",
+            "4",
+            "--image",
+            "--audio",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+        for key in [
+            "load_s",
+            "ttft_ms",
+            "prefill_tok_s",
+            "decode_tok_s",
+            "peak_rss_mb",
+            "image_encode_ms",
+            "audio_encode_ms",
+        ] {
+            assert!(
+                report[key].as_f64().is_some_and(|v| v > 0.0),
+                "{quant}: {key} in {report}"
+            );
+        }
+    }
+    let out = gemma_chat(&["bench", "--model", model.to_str().unwrap(), "--quant", "q3"]);
+    assert!(!out.status.success());
+}

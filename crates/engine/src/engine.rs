@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use gemma3n::{Cache, Gemma3nModel, MediaEmbeddings};
+use candle_core::Tensor;
+use gemma3n::{Cache, Gemma3nModel, LoadOptions, MediaEmbeddings};
 use serde::{Deserialize, Serialize};
 
 use crate::audio::AudioProcessor;
@@ -17,21 +17,6 @@ use crate::image::ImageProcessor;
 use crate::prompt::PromptEncoder;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::{Error, Result};
-
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    pub dtype: DType,
-    pub device: Device,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            dtype: DType::F32,
-            device: Device::Cpu,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,7 +120,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let model = Gemma3nModel::load(dir, opts.dtype, &opts.device)?;
+        let model = Gemma3nModel::load_with(dir, opts)?;
         let cfg = model.config().clone();
         let prompt = PromptEncoder::from_model_dir(dir, &cfg)?;
         let (defaults, mut stop_ids) = generation_defaults(dir)?;

@@ -12,7 +12,8 @@ pub mod sampling;
 pub mod stream;
 
 pub use chat::{load_messages, Message, Part, Role};
-pub use engine::{Engine, GenerationReport, LoadOptions, Prefill, StopReason};
+pub use engine::{Engine, GenerationReport, Prefill, StopReason};
 pub use error::{Error, Result};
 pub use files::resolve_model;
+pub use gemma3n::{LoadOptions, WeightFormat};
 pub use sampling::SamplingParams;

@@ -16,6 +16,10 @@ pub struct BenchOptions {
     pub load: LoadOptions,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
+    /// Pixel values `[1, 3, H, W]` to time the vision tower on (first call includes loading it).
+    pub image: Option<Tensor>,
+    /// Log-mel features `[1, frames, mel]` and their mask `[1, frames]` for the audio tower.
+    pub audio: Option<(Tensor, Tensor)>,
 }
 
 impl Default for BenchOptions {
@@ -24,6 +28,8 @@ impl Default for BenchOptions {
             load: LoadOptions::default(),
             prompt_tokens: 128,
             gen_tokens: 64,
+            image: None,
+            audio: None,
         }
     }
 }
@@ -44,6 +50,12 @@ pub struct BenchReport {
     pub peak_rss_mb: Option<f64>,
     /// Resident set right after loading, MiB.
     pub load_rss_mb: Option<f64>,
+    /// One image through the vision tower and embedder (tower already loaded), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_encode_ms: Option<f64>,
+    /// One clip through the audio tower and embedder (tower already loaded), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_encode_ms: Option<f64>,
 }
 
 impl BenchReport {
@@ -93,6 +105,22 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport> {
     }
     let decode_s = t2.elapsed().as_secs_f64();
 
+    // Towers are loaded on first use; time a second, warm call.
+    let image_encode_ms = match &opts.image {
+        Some(pixels) => {
+            model.vision_tower()?;
+            Some(time_ms(|| model.encode_images(pixels))?)
+        }
+        None => None,
+    };
+    let audio_encode_ms = match &opts.audio {
+        Some((features, mask)) => {
+            model.audio_tower()?;
+            Some(time_ms(|| model.encode_audio(features, mask))?)
+        }
+        None => None,
+    };
+
     Ok(BenchReport {
         weights: opts.load.weights.to_string(),
         threads: rayon::current_num_threads(),
@@ -104,7 +132,15 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport> {
         decode_tok_s: opts.gen_tokens as f64 / decode_s,
         peak_rss_mb: rss_mb("VmHWM"),
         load_rss_mb,
+        image_encode_ms,
+        audio_encode_ms,
     })
+}
+
+fn time_ms(f: impl FnOnce() -> Result<Tensor>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 fn argmax(logits: &Tensor) -> Result<u32> {
