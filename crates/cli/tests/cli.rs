@@ -3,12 +3,6 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(variant)
-}
-
 fn gemma_chat(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gemma-chat"))
         .args(args)
@@ -29,17 +23,12 @@ const TEXT_MESSAGES: &str = r#"[
   {"role": "user", "content": "What is a café? Answer in one short line, please."}
 ]"#;
 
-fn golden(variant: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(variant).join("golden.json")).unwrap())
-        .unwrap()
-}
-
 #[test]
 fn generate_json_reports_the_reference_greedy_tokens() {
     let dir = temp_dir("gen");
     let messages = dir.join("m.json");
     std::fs::write(&messages, TEXT_MESSAGES).unwrap();
-    let model = fixture("D").join("model");
+    let model = fixtures::fixture_dir("D").join("model");
     let out = gemma_chat(&[
         "generate",
         "--model",
@@ -61,7 +50,7 @@ fn generate_json_reports_the_reference_greedy_tokens() {
     let last = stdout.lines().last().unwrap();
     let report: serde_json::Value = serde_json::from_str(last).unwrap();
     let expected = until_stop(
-        golden("D")["prompts"]["text"]["generated_ids"]
+        fixtures::golden_json("D")["prompts"]["text"]["generated_ids"]
             .as_array()
             .unwrap(),
     );
@@ -77,7 +66,7 @@ fn generate_json_reports_the_reference_greedy_tokens() {
     assert_eq!(report["stop_reason"], reason);
     assert_eq!(
         report["prompt_tokens"],
-        golden("D")["prompts"]["text"]["num_tokens"]
+        fixtures::golden_json("D")["prompts"]["text"]["num_tokens"]
     );
     for key in [
         "text",
@@ -99,7 +88,7 @@ fn forward_writes_ids_and_reference_logits() {
     let messages = dir.join("m.json");
     let out_file = dir.join("out.safetensors");
     std::fs::write(&messages, TEXT_MESSAGES).unwrap();
-    let model = fixture("C").join("model");
+    let model = fixtures::fixture_dir("C").join("model");
     let out = gemma_chat(&[
         "forward",
         "--model",
@@ -114,40 +103,24 @@ fn forward_writes_ids_and_reference_logits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dev = candle_core::Device::Cpu;
-    let ours = candle_core::safetensors::load(&out_file, &dev).unwrap();
-    let gold = unsafe {
-        candle_core::safetensors::MmapedSafetensors::new(fixture("C").join("golden.safetensors"))
-    }
-    .unwrap();
-    let ids = gold
-        .load("text.input_ids", &dev)
+    let ours = candle_core::safetensors::load(&out_file, &candle_core::Device::Cpu).unwrap();
+    let gold = fixtures::Golden::open("C");
+    let ids: Vec<u32> = ours["input_ids"]
+        .to_vec1::<i64>()
         .unwrap()
-        .squeeze(0)
-        .unwrap();
-    assert_eq!(
-        ours["input_ids"].to_vec1::<i64>().unwrap(),
-        ids.to_vec1::<i64>().unwrap()
-    );
-    let logits = gold.load("text.logits", &dev).unwrap().squeeze(0).unwrap();
-    let diff = (&ours["logits"] - &logits)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(diff < 2e-3, "logits differ by {diff}");
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
+    assert_eq!(ids, gold.ids("text.input_ids"));
+    let logits = gold.f32("text.logits").squeeze(0).unwrap();
+    fixtures::assert_close("forward logits", &ours["logits"], &logits, 2e-3);
     std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn bad_inputs_fail_with_a_message_not_a_panic() {
     let dir = temp_dir("bad");
-    let model = fixture("D").join("model");
+    let model = fixtures::fixture_dir("D").join("model");
     let model = model.to_str().unwrap();
     let malformed = dir.join("bad.json");
     std::fs::write(&malformed, "[{\"role\": \"user\", ").unwrap();
@@ -216,7 +189,7 @@ fn every_command_has_help() {
 #[test]
 fn chat_keeps_the_conversation_across_turns() {
     use std::io::Write;
-    let model = fixture("D").join("model");
+    let model = fixtures::fixture_dir("D").join("model");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-chat"))
         .args([
             "chat",
@@ -255,7 +228,7 @@ fn chat_keeps_the_conversation_across_turns() {
 #[test]
 fn media_prompts_from_files_give_the_reference_greedy_tokens() {
     for variant in ["C", "D", "E"] {
-        let dir = fixture(variant);
+        let dir = fixtures::fixture_dir(variant);
         let image = dir.join("image.png");
         let audio = dir.join("audio_16k_mono.wav");
         let prompts = [
@@ -307,7 +280,7 @@ fn media_prompts_from_files_give_the_reference_greedy_tokens() {
             let stdout = String::from_utf8(out.stdout).unwrap();
             let report: serde_json::Value =
                 serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-            let reference = &golden(variant)["prompts"][name];
+            let reference = &fixtures::golden_json(variant)["prompts"][name];
             assert_eq!(
                 report["prompt_tokens"], reference["num_tokens"],
                 "{variant}/{name}"
@@ -340,7 +313,7 @@ fn mic_without_an_input_device_is_a_clear_error() {
     if mic::input_device_names().is_ok_and(|d| !d.is_empty()) {
         return; // a machine with a microphone: nothing to check here
     }
-    let model = fixture("D").join("model");
+    let model = fixtures::fixture_dir("D").join("model");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-chat"))
         .args(["chat", "--model", model.to_str().unwrap(), "--mic"])
         .stdin(std::process::Stdio::piped())
@@ -382,7 +355,7 @@ fn a_long_recording_is_split_and_the_split_is_reported() {
         w.write_sample((s * 32767.0) as i16).unwrap();
     }
     w.finalize().unwrap();
-    let model = fixture("D").join("model");
+    let model = fixtures::fixture_dir("D").join("model");
     let out = gemma_chat(&[
         "generate",
         "--model",
@@ -407,7 +380,7 @@ fn a_long_recording_is_split_and_the_split_is_reported() {
 
 #[test]
 fn bench_json_reports_speed_memory_and_tower_times() {
-    let model = fixture("D").join("model");
+    let model = fixtures::fixture_dir("D").join("model");
     for quant in ["dense", "q8_0"] {
         let out = gemma_chat(&[
             "bench",

@@ -2,45 +2,18 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use engine::audio::{AudioProcessor, SplitAudio};
 use engine::Error;
-
-fn fixture_dir(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(variant)
-}
+use fixtures::{fixture_dir, Golden};
 
 fn processor(variant: &str) -> AudioProcessor {
     AudioProcessor::from_model_dir(&fixture_dir(variant).join("model")).expect("audio processor")
 }
 
-struct Golden(MmapedSafetensors);
-
-impl Golden {
-    fn open(variant: &str) -> Self {
-        let path = fixture_dir(variant).join("golden.safetensors");
-        Self(unsafe { MmapedSafetensors::new(path) }.expect("golden.safetensors"))
-    }
-
-    fn f32(&self, name: &str) -> Tensor {
-        self.0
-            .load(name, &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-    }
-
-    fn vec(&self, name: &str) -> Vec<f32> {
-        self.f32(name).flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    /// Bool masks (which candle cannot load) as u8.
-    fn mask(&self, name: &str) -> Vec<u8> {
-        self.0.get(name).unwrap().data().to_vec()
-    }
+/// A golden bool mask as bytes (1 = true).
+fn mask_u8(golden: &Golden, name: &str) -> Vec<u8> {
+    golden.mask(name).flatten_all().unwrap().to_vec1().unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -100,7 +73,7 @@ fn features_match(variant: &str) {
     eprintln!("{variant} audio.input_features: max abs diff {d:.3e}");
     assert!(d <= 1e-4, "{variant}: features differ by {d}");
     let mask: Vec<u8> = one.mask.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(mask, golden.mask("audio.input_features_mask"));
+    assert_eq!(mask, mask_u8(&golden, "audio.input_features_mask"));
 
     let batch = proc.features(&[wave, short]).unwrap();
     let expected = golden.f32("audio_batch.input_features");
@@ -111,7 +84,7 @@ fn features_match(variant: &str) {
     eprintln!("{variant} audio_batch.input_features: max abs diff {d:.3e}");
     assert!(d <= 1e-4, "{variant}: batch features differ by {d}");
     let mask: Vec<u8> = batch.mask.flatten_all().unwrap().to_vec1().unwrap();
-    let golden_mask = golden.mask("audio_batch.input_features_mask");
+    let golden_mask = mask_u8(&golden, "audio_batch.input_features_mask");
     assert_eq!(mask, golden_mask);
     // Padded frames are exactly the log floor, as in the reference.
     let mel = expected.dim(2).unwrap();
@@ -153,7 +126,7 @@ fn stereo_44k_close(variant: &str) {
     );
     assert!(mean <= 5e-3 && p99 <= 0.1, "mean {mean}, p99 {p99}");
     let mask: Vec<u8> = feats.mask.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(mask, golden.mask("audio44k.input_features_mask"));
+    assert_eq!(mask, mask_u8(&golden, "audio44k.input_features_mask"));
 }
 
 #[test]
@@ -530,17 +503,7 @@ fn wav_prompt_matches(variant: &str) {
         images: None,
         audio: Some(model.encode_audio(&feats.features, &feats.mask).unwrap()),
     };
-    let ids: Vec<u32> = golden
-        .0
-        .load("audio.input_ids", &Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect();
+    let ids = golden.ids("audio.input_ids");
     let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
     let logits = model
         .forward(&input, &media, &mut model.new_cache())

@@ -1,19 +1,11 @@
 //! Generation through the engine on the tiny reference checkpoints.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use engine::{Engine, LoadOptions, Message, Role, SamplingParams, StopReason};
 
-fn model_dir(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(variant)
-        .join("model")
-}
-
 fn engine(variant: &str) -> Engine {
-    Engine::load(&model_dir(variant), &LoadOptions::default()).unwrap()
+    Engine::load(&fixtures::model_dir(variant), &LoadOptions::default()).unwrap()
 }
 
 fn greedy(max_new_tokens: usize) -> SamplingParams {
@@ -42,10 +34,7 @@ fn text_conversation() -> Vec<Message> {
 }
 
 fn golden_generated(variant: &str) -> Vec<u32> {
-    let path = model_dir(variant).join("../golden.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    json["prompts"]["text"]["generated_ids"]
+    fixtures::golden_json(variant)["prompts"]["text"]["generated_ids"]
         .as_array()
         .unwrap()
         .iter()
@@ -241,13 +230,13 @@ fn missing_model_files_are_reported_by_name() {
         "tokenizer_config.json",
         "chat_template.jinja",
     ] {
-        std::fs::copy(model_dir("D").join(f), dir.join(f)).unwrap();
+        std::fs::copy(fixtures::model_dir("D").join(f), dir.join(f)).unwrap();
     }
     let err = Engine::load(&dir, &LoadOptions::default()).err().unwrap();
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 
     // A truncated download.
-    let bytes = std::fs::read(model_dir("D").join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(fixtures::model_dir("D").join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let err = Engine::load(&dir, &LoadOptions::default()).err().unwrap();
     assert!(err.to_string().contains("truncated"), "{err}");

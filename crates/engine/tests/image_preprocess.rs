@@ -4,42 +4,14 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use engine::image::ImageProcessor;
 use engine::Error;
+use fixtures::{fixture_dir, max_abs_diff, Golden};
 use image::{ImageEncoder, ImageFormat, RgbImage, RgbaImage};
-
-fn fixture_dir(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(variant)
-}
 
 fn processor(variant: &str) -> ImageProcessor {
     ImageProcessor::from_model_dir(&fixture_dir(variant).join("model")).expect("processor config")
-}
-
-fn golden(variant: &str, name: &str) -> Tensor {
-    let path = fixture_dir(variant).join("golden.safetensors");
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.unwrap();
-    st.load(name, &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// A scratch folder for generated files, unique per test.
@@ -78,7 +50,7 @@ fn pixel_values_match_reference() {
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap();
-            let d = max_abs_diff(&px, &golden(variant, key));
+            let d = max_abs_diff(&px, &Golden::open(variant).f32(key));
             eprintln!("{variant} {file}: max abs diff {d:.3e}");
             assert!(d <= tol, "{variant} {file}: {d} > {tol}");
         }

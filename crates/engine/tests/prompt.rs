@@ -1,43 +1,14 @@
 //! Chat template, prompt expansion and tokenisation against the reference processor.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use engine::chat::{self, ChatTemplate};
 use engine::prompt::PromptEncoder;
 use engine::{Message, Part, Role};
 use gemma3n::Gemma3nConfig;
 
-fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(variant)
-}
-
-fn golden_json(variant: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(variant).join("golden.json")).unwrap())
-        .unwrap()
-}
-
-fn golden_ids(variant: &str, prompt: &str) -> Vec<u32> {
-    let st = unsafe {
-        candle_core::safetensors::MmapedSafetensors::new(
-            fixture(variant).join("golden.safetensors"),
-        )
-    }
-    .unwrap();
-    st.load(&format!("{prompt}.input_ids"), &candle_core::Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
-}
-
 fn encoder(variant: &str) -> PromptEncoder {
-    let dir = fixture(variant).join("model");
+    let dir = fixtures::fixture_dir(variant).join("model");
     let cfg = Gemma3nConfig::from_file(&dir.join("config.json")).unwrap();
     PromptEncoder::from_model_dir(&dir, &cfg).unwrap()
 }
@@ -111,9 +82,9 @@ fn prompts(dir: &Path) -> Vec<(&'static str, Vec<Message>)> {
 #[test]
 fn template_renders_like_the_reference() {
     for variant in ["C", "D", "E"] {
-        let golden = golden_json(variant);
+        let golden = fixtures::golden_json(variant);
         let enc = encoder(variant);
-        for (name, messages) in prompts(&fixture(variant)) {
+        for (name, messages) in prompts(&fixtures::fixture_dir(variant)) {
             let rendered = enc.render(&messages, true).unwrap();
             assert_eq!(
                 rendered,
@@ -128,9 +99,13 @@ fn template_renders_like_the_reference() {
 fn token_ids_match_the_reference_processor() {
     for variant in ["C", "D", "E"] {
         let enc = encoder(variant);
-        for (name, messages) in prompts(&fixture(variant)) {
+        for (name, messages) in prompts(&fixtures::fixture_dir(variant)) {
             let ids = enc.encode(&messages).unwrap().ids;
-            assert_eq!(ids, golden_ids(variant, name), "{variant}/{name}");
+            assert_eq!(
+                ids,
+                fixtures::Golden::open(variant).ids(&format!("{name}.input_ids")),
+                "{variant}/{name}"
+            );
         }
     }
 }

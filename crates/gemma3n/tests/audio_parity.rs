@@ -4,11 +4,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, assert_close_rel, model_dir, Golden};
+use common::{assert_close_rel, model_dir, Golden};
 use gemma3n::audio::AudioTrace;
 use gemma3n::{Gemma3nModel, MediaEmbeddings};
 
-const LOGITS_TOL: f32 = 2e-3;
 const INTERMEDIATE_REL: f32 = 1e-4;
 
 fn load(variant: &str) -> Gemma3nModel {
@@ -142,10 +141,6 @@ fn batch_matches(variant: &str) {
     }
 }
 
-fn ids_tensor(ids: &[u32]) -> Tensor {
-    Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap()
-}
-
 /// Full forward and a 20-step greedy continuation of the audio prompt through the KV cache.
 fn audio_prompt_matches(variant: &str) {
     let model = load(variant);
@@ -155,41 +150,8 @@ fn audio_prompt_matches(variant: &str) {
         images: None,
         audio: Some(model.encode_audio(&mel, &valid).unwrap()),
     };
-    let ids = golden.ids("audio.input_ids");
-    let logits = model
-        .forward(&ids_tensor(&ids), &media, &mut model.new_cache())
-        .unwrap();
-    assert_close(
-        &format!("{variant} audio logits"),
-        &logits,
-        &golden.f32("audio.logits"),
-        LOGITS_TOL,
-    );
-
-    let expected = golden.ids("audio.generated_ids");
-    let step_logits = golden.f32("audio.generated_step_logits");
-    let mut cache = model.new_cache();
-    let mut input = ids_tensor(&ids);
-    let mut step_media = media;
-    let mut generated = Vec::new();
-    for step in 0..expected.len() {
-        let logits = model
-            .forward_last(&input, &step_media, &mut cache)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-        assert_close(
-            &format!("{variant} audio step {step} logits"),
-            &logits,
-            &step_logits.get(step).unwrap(),
-            LOGITS_TOL,
-        );
-        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        generated.push(next);
-        input = ids_tensor(&[next]);
-        step_media = MediaEmbeddings::default();
-    }
-    assert_eq!(generated, expected, "{variant}: audio greedy ids differ");
+    common::assert_prompt_logits(&model, &golden, "audio", &media);
+    common::assert_greedy(&model, &golden, "audio", media);
 }
 
 #[test]

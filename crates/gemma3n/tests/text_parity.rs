@@ -2,20 +2,15 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
-use common::{assert_close, assert_close_rel, model_dir, Golden};
+use candle_core::{DType, Device};
+use common::{assert_close, assert_close_rel, ids_tensor, model_dir, Golden, LOGITS_TOL};
 use gemma3n::text::Trace;
 use gemma3n::{Gemma3nModel, MediaEmbeddings};
 
-const LOGITS_TOL: f32 = 2e-3;
 const INTERMEDIATE_REL: f32 = 1e-4;
 
 fn load(variant: &str) -> Gemma3nModel {
     Gemma3nModel::load(&model_dir(variant), DType::F32, &Device::Cpu).expect("load model")
-}
-
-fn ids_tensor(ids: &[u32]) -> Tensor {
-    Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap()
 }
 
 fn full_forward_matches(variant: &str) {
@@ -75,33 +70,7 @@ fn full_forward_matches(variant: &str) {
 fn greedy_matches(variant: &str, prompt: &str) {
     let model = load(variant);
     let golden = Golden::open(variant);
-    let ids = golden.ids(&format!("{prompt}.input_ids"));
-    let expected = golden.ids(&format!("{prompt}.generated_ids"));
-    let step_logits = golden.f32(&format!("{prompt}.generated_step_logits"));
-    let mut cache = model.new_cache();
-    let mut input = ids_tensor(&ids);
-    let mut generated = Vec::new();
-    for step in 0..expected.len() {
-        let logits = model
-            .forward_last(&input, &MediaEmbeddings::default(), &mut cache)
-            .unwrap();
-        assert_close(
-            &format!("{prompt} step {step} logits"),
-            &logits.squeeze(0).unwrap(),
-            &step_logits.get(step).unwrap(),
-            LOGITS_TOL,
-        );
-        let next = logits
-            .squeeze(0)
-            .unwrap()
-            .argmax(0)
-            .unwrap()
-            .to_scalar::<u32>()
-            .unwrap();
-        generated.push(next);
-        input = ids_tensor(&[next]);
-    }
-    assert_eq!(generated, expected, "{prompt}: greedy ids differ");
+    common::assert_greedy(&model, &golden, prompt, MediaEmbeddings::default());
 }
 
 #[test]

@@ -4,19 +4,14 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, assert_close_rel, model_dir, Golden};
+use common::{assert_close, assert_close_rel, ids_tensor, model_dir, Golden, LOGITS_TOL};
 use gemma3n::vision::VisionTrace;
 use gemma3n::{Gemma3nModel, MediaEmbeddings};
 
-const LOGITS_TOL: f32 = 2e-3;
 const INTERMEDIATE_REL: f32 = 1e-4;
 
 fn load(variant: &str) -> Gemma3nModel {
     Gemma3nModel::load(&model_dir(variant), DType::F32, &Device::Cpu).expect("load model")
-}
-
-fn ids_tensor(ids: &[u32]) -> Tensor {
-    Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap()
 }
 
 fn tower_matches(variant: &str) {
@@ -61,7 +56,6 @@ fn tower_matches(variant: &str) {
 fn image_prompt_matches(variant: &str) {
     let model = load(variant);
     let golden = Golden::open(variant);
-    let ids = golden.ids("image.input_ids");
     let media = MediaEmbeddings {
         images: Some(
             model
@@ -70,41 +64,8 @@ fn image_prompt_matches(variant: &str) {
         ),
         audio: None,
     };
-    let mut cache = model.new_cache();
-    let logits = model
-        .forward(&ids_tensor(&ids), &media, &mut cache)
-        .unwrap();
-    assert_close(
-        "image logits",
-        &logits,
-        &golden.f32("image.logits"),
-        LOGITS_TOL,
-    );
-
-    let expected = golden.ids("image.generated_ids");
-    let step_logits = golden.f32("image.generated_step_logits");
-    let mut cache = model.new_cache();
-    let mut input = ids_tensor(&ids);
-    let mut media = media;
-    let mut generated = Vec::new();
-    for step in 0..expected.len() {
-        let logits = model
-            .forward_last(&input, &media, &mut cache)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-        assert_close(
-            &format!("image step {step} logits"),
-            &logits,
-            &step_logits.get(step).unwrap(),
-            LOGITS_TOL,
-        );
-        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        generated.push(next);
-        input = ids_tensor(&[next]);
-        media = MediaEmbeddings::default();
-    }
-    assert_eq!(generated, expected, "image prompt: greedy ids differ");
+    common::assert_prompt_logits(&model, &golden, "image", &media);
+    common::assert_greedy(&model, &golden, "image", media);
 }
 
 #[test]

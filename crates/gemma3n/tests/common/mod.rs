@@ -1,112 +1,61 @@
-//! Shared helpers for the parity tests: fixture paths, golden tensors, numeric comparison.
-#![allow(dead_code)]
+//! The shared fixtures crate, plus the prompt-level checks every modality's parity test runs.
+#![allow(unused_imports, dead_code)]
 
-use std::path::PathBuf;
+pub use fixtures::*;
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+use gemma3n::{Gemma3nModel, MediaEmbeddings};
 
-/// `tests/fixtures/<variant>` at the repository root.
-pub fn fixture_dir(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(variant)
+pub const LOGITS_TOL: f32 = 2e-3;
+
+pub fn ids_tensor(ids: &[u32]) -> Tensor {
+    Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap()
 }
 
-pub fn model_dir(variant: &str) -> PathBuf {
-    fixture_dir(variant).join("model")
+/// Full-prompt logits of golden prompt `prompt` (`text`, `image`, `audio`, `multimodal`).
+pub fn assert_prompt_logits(
+    model: &Gemma3nModel,
+    golden: &Golden,
+    prompt: &str,
+    media: &MediaEmbeddings,
+) {
+    let ids = golden.ids(&format!("{prompt}.input_ids"));
+    let logits = model
+        .forward(&ids_tensor(&ids), media, &mut model.new_cache())
+        .unwrap();
+    assert_close(
+        &format!("{prompt} logits"),
+        &logits,
+        &golden.f32(&format!("{prompt}.logits")),
+        LOGITS_TOL,
+    );
 }
 
-/// The golden tensors of one variant, read one at a time (the file mixes dtypes candle may not load).
-pub struct Golden {
-    st: MmapedSafetensors,
-}
-
-impl Golden {
-    pub fn open(variant: &str) -> Self {
-        let path = fixture_dir(variant).join("golden.safetensors");
-        let st = unsafe { MmapedSafetensors::new(&path) }.expect("golden.safetensors");
-        Self { st }
-    }
-
-    pub fn get(&self, name: &str) -> Tensor {
-        self.st
-            .load(name, &Device::Cpu)
-            .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"))
-    }
-
-    pub fn f32(&self, name: &str) -> Tensor {
-        self.get(name).to_dtype(DType::F32).unwrap()
-    }
-
-    /// A bool tensor (candle cannot load those) as u8, 1 = true.
-    pub fn mask(&self, name: &str) -> Tensor {
-        let view = self
-            .st
-            .get(name)
-            .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-        assert_eq!(
-            format!("{:?}", view.dtype()),
-            "BOOL",
-            "{name} is not a bool tensor"
+/// Prefill with the media, then one token at a time through the cache, as `generate()` does:
+/// every step's logits and the 20 greedy ids must match.
+pub fn assert_greedy(model: &Gemma3nModel, golden: &Golden, prompt: &str, media: MediaEmbeddings) {
+    let expected = golden.ids(&format!("{prompt}.generated_ids"));
+    let step_logits = golden.f32(&format!("{prompt}.generated_step_logits"));
+    let mut cache = model.new_cache();
+    let mut input = ids_tensor(&golden.ids(&format!("{prompt}.input_ids")));
+    let mut media = media;
+    let mut generated = Vec::new();
+    for step in 0..expected.len() {
+        let logits = model
+            .forward_last(&input, &media, &mut cache)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        assert_close(
+            &format!("{prompt} step {step} logits"),
+            &logits,
+            &step_logits.get(step).unwrap(),
+            LOGITS_TOL,
         );
-        Tensor::from_vec(view.data().to_vec(), view.shape(), &Device::Cpu).unwrap()
+        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        generated.push(next);
+        input = ids_tensor(&[next]);
+        media = MediaEmbeddings::default();
     }
-
-    pub fn ids(&self, name: &str) -> Vec<u32> {
-        self.get(name)
-            .to_dtype(DType::I64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as u32)
-            .collect()
-    }
-}
-
-/// Largest absolute difference; panics on a shape mismatch.
-pub fn max_abs_diff(actual: &Tensor, expected: &Tensor) -> f32 {
-    assert_eq!(actual.dims(), expected.dims(), "shape mismatch");
-    let a = actual.to_dtype(DType::F32).unwrap();
-    let e = expected.to_dtype(DType::F32).unwrap();
-    (a - e)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-pub fn max_abs(t: &Tensor) -> f32 {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// Assert `actual` is within `tol` (absolute) of `expected`; prints and returns the difference.
-pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) -> f32 {
-    let d = max_abs_diff(actual, expected);
-    eprintln!("{what}: max abs diff {d:.3e} (tolerance {tol:.1e})");
-    assert!(d <= tol, "{what}: max abs diff {d} exceeds {tol}");
-    d
-}
-
-/// Intermediate activations: within `rel` times the golden's largest magnitude.
-pub fn assert_close_rel(what: &str, actual: &Tensor, expected: &Tensor, rel: f32) -> f32 {
-    let tol = rel * max_abs(expected).max(1e-6);
-    assert_close(what, actual, expected, tol)
+    assert_eq!(generated, expected, "{prompt}: greedy ids differ");
 }
