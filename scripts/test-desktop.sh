@@ -40,7 +40,7 @@ step "UI unit tests (Vitest)"
 npm test
 
 step "Rust: build the app, test the commands"
-cargo build --locked -p gemma-chat --features tauri/custom-protocol
+cargo build --locked -p gemma-chat
 cargo test --locked -p gemma-chat
 
 step "UI tests in headless Chromium (mocked IPC)"

@@ -202,3 +202,13 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_names_are_decoded_like_encode_uri_component() {
+        assert_eq!(super::percent_decode("caf%C3%A9%20menu.png"), "café menu.png");
+        assert_eq!(super::percent_decode("100%"), "100%");
+        assert_eq!(super::percent_decode("a%2"), "a%2");
+    }
+}

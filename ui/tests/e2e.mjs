@@ -148,7 +148,16 @@ test('recording from the test audio source attaches a clip', async () => {
   await (await $('button[aria-label="Remove Recording.wav"]')).click();
 });
 
+let firstChat;
+
 test('Stop ends a reply midway and keeps its text', async () => {
+  firstChat = await app.execute(() => ({
+    title: document.querySelector('.chat-title').textContent,
+    messages: document.querySelectorAll('article.message').length,
+  }));
+  // A fresh chat: the first one holds media the interim engine cannot read yet.
+  await (await $('button[aria-label="New chat"]')).click();
+  await app.waitUntil(() => app.execute(() => document.querySelector('.chat-title').textContent === 'New chat'));
   await (await $('button[aria-label="Chat settings"]')).click();
   await (await $('input[aria-label="Temperature"]')).setValue('0');
   await (await $('input[aria-label="Max tokens"]')).setValue('32768');
@@ -167,17 +176,22 @@ test('Stop ends a reply midway and keeps its text', async () => {
   await shot('stopped');
 });
 
-test('after a restart the conversation is still there', async () => {
-  const title = await app.execute(() => document.querySelector('.chat-title').textContent);
-  const count = await app.execute(() => document.querySelectorAll('article.message').length);
+test('after a restart the conversations are still there', async () => {
+  const stopped = await app.execute(() => document.querySelector('.chat-title').textContent);
   await app.deleteSession();
   app = null;
   await launch();
-  await waitText('.chat-list', new RegExp(title.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
-  await app.execute((t) => [...document.querySelectorAll('.chat-link')].find((b) => b.textContent === t).click(), title);
-  await app.waitUntil(() => app.execute((n) => document.querySelectorAll('article.message').length === n, count), {
+  await waitText('.model-badge', /Demo model/);
+  for (const title of [firstChat.title, stopped]) {
+    await waitText('.chat-list', new RegExp(title.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  }
+  await app.execute((t) => [...document.querySelectorAll('.chat-link')].find((b) => b.textContent === t).click(), firstChat.title);
+  await app.waitUntil(() => app.execute((n) => document.querySelectorAll('article.message').length === n, firstChat.messages), {
     timeout: 20000, timeoutMsg: 'the messages did not come back',
   });
-  assert.ok(await app.execute(() => !!document.querySelector('article.message.user img.thumb')), 'the image is still attached');
+  await app.waitUntil(() => app.execute(() => {
+    const img = document.querySelector('article.message.user img.thumb');
+    return !!img && img.complete && img.naturalWidth > 0;
+  }), { timeout: 20000, timeoutMsg: 'the image did not come back' });
   await shot('after-restart');
 });
