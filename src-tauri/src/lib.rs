@@ -49,6 +49,7 @@ macro_rules! handlers {
         ]
     };
 }
+#[cfg(test)]
 pub(crate) use handlers;
 
 /// The model to load at start: `GEMMA_CHAT_MODEL_DIR`, else the folder the user opened last,

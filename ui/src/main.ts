@@ -395,10 +395,10 @@ class ChatApp {
       }
       return;
     }
-    if (e.event === 'error') this.showError(e.error);
     this.streaming = null;
     this.setGenerating(false);
     if (this.current?.id === conversationId) void this.open(conversationId);
+    if (e.event === 'error') this.showError(e.error);
   }
 
   /** Run a command that starts a reply, then show the conversation with the empty reply. */

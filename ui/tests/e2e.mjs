@@ -43,7 +43,7 @@ const waitText = async (sel, pattern, timeout = 60000) => {
     timeout, timeoutMsg: `${sel} never matched ${pattern}`,
   });
 };
-const lastReply = 'article.message.assistant:last-of-type';
+const lastReply = 'article.message.assistant:last-of-type'; // the log holds only articles
 const replyCount = () => app.execute(() => document.querySelectorAll('article.message.assistant').length);
 
 async function waitReplyEnded(count) {
@@ -115,10 +115,11 @@ test('an image is attached by drop and shown as a thumbnail', async () => {
   await waitReplyEnded(before + 1);
   assert.ok(await app.execute(() => !!document.querySelector('article.message.user:nth-last-of-type(2) img.thumb')));
   // Until the engine's vision tower is merged the reply is an explained error, never a hang.
-  const outcome = await app.execute((s) => {
-    const m = document.querySelector(s);
-    return { status: m.dataset.status, error: m.querySelector('.reply-error')?.textContent ?? '' };
-  }, lastReply);
+  const outcome = await app.execute(() => {
+    const all = document.querySelectorAll('article.message.assistant');
+    const m = all[all.length - 1];
+    return { status: m?.dataset.status ?? 'missing', error: m?.querySelector('.reply-error')?.textContent ?? '' };
+  });
   assert.ok(outcome.status === 'done' || (outcome.status === 'error' && outcome.error.length > 0), JSON.stringify(outcome));
   await shot('image-reply');
 });
