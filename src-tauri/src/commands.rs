@@ -207,7 +207,10 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     #[test]
     fn file_names_are_decoded_like_encode_uri_component() {
-        assert_eq!(super::percent_decode("caf%C3%A9%20menu.png"), "café menu.png");
+        assert_eq!(
+            super::percent_decode("caf%C3%A9%20menu.png"),
+            "café menu.png"
+        );
         assert_eq!(super::percent_decode("100%"), "100%");
         assert_eq!(super::percent_decode("a%2"), "a%2");
     }
