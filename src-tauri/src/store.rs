@@ -108,7 +108,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: a deleted reply's id is never reused for a new one.
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     role TEXT NOT NULL,
     text TEXT NOT NULL,
