@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The whole desktop test flow, from a cold Debian machine (root, no display, 2 cores):
+# system packages, npm, tauri-driver, UI build, Rust command tests, Vitest, UI tests in headless
+# Chromium against mocked IPC, and end-to-end tests in the real app window under Xvfb.
+# Screenshots land in $ARTIFACTS_DIR (default: artifacts/desktop).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export ARTIFACTS_DIR=${ARTIFACTS_DIR:-$ROOT/artifacts/desktop}
+TOOLS=${GEMMA_CHAT_TOOLS:-$HOME/.cache/gemma-chat-tools}
+TAURI_DRIVER_VERSION=2.1.0
+mkdir -p "$ARTIFACTS_DIR"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+PACKAGES=(pkg-config build-essential file libssl-dev libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev
+  librsvg2-dev libxdo-dev libasound2-dev xvfb xauth webkit2gtk-driver chromium imagemagick)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+step "tauri-driver (cached in $TOOLS)"
+if [ ! -x "$TOOLS/bin/tauri-driver" ]; then
+  cargo install tauri-driver --version "$TAURI_DRIVER_VERSION" --locked --root "$TOOLS"
+fi
+
+step "npm ci and UI builds"
+npm ci --no-audit --no-fund
+npm run build
+npm run build:mock
+
+step "UI unit tests (Vitest)"
+npm test
+
+step "Rust: build the app, test the commands"
+cargo build --locked -p gemma-chat
+cargo test --locked -p gemma-chat
+
+step "UI tests in headless Chromium (mocked IPC)"
+npm run test:ui
+
+step "end-to-end in the real window (Xvfb + tauri-driver + WebKitWebDriver)"
+DISPLAY_NUM=${DISPLAY_NUM:-99}
+PORT=${WEBDRIVER_PORT:-4444}
+E2E_HOME=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$E2E_HOME"
+}
+trap cleanup EXIT
+Xvfb ":$DISPLAY_NUM" -screen 0 1280x800x24 -nolisten tcp >"$ARTIFACTS_DIR/xvfb.log" 2>&1 &
+PIDS+=($!)
+export DISPLAY=":$DISPLAY_NUM"
+# What the app reads: a throwaway data folder, and a WAV file standing in for the microphone.
+export GEMMA_CHAT_DATA_DIR="$E2E_HOME/data"
+export GEMMA_CHAT_TEST_MIC="$ROOT/tests/fixtures/C/audio_16k_mono.wav"
+export XDG_DOWNLOAD_DIR="$E2E_HOME/downloads"
+"$TOOLS/bin/tauri-driver" --port "$PORT" >"$ARTIFACTS_DIR/tauri-driver.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
+APP_BIN="$ROOT/target/debug/gemma-chat" WEBDRIVER_PORT=$PORT npm run test:e2e
+import -window root "$ARTIFACTS_DIR/e2e/screen-at-end.png" 2>/dev/null || true
+step "all desktop tests passed; screenshots in $ARTIFACTS_DIR"

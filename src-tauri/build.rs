@@ -1,0 +1,29 @@
+fn main() {
+    // App commands get `allow-<name>` permissions; the capability file grants only these.
+    let commands = &[
+        "model_status",
+        "open_model",
+        "list_conversations",
+        "create_conversation",
+        "rename_conversation",
+        "delete_conversation",
+        "get_conversation",
+        "set_system_prompt",
+        "set_sampling",
+        "save_attachment",
+        "read_attachment",
+        "send_message",
+        "regenerate",
+        "edit_and_resend",
+        "stop_generation",
+        "export_conversation",
+        "start_recording",
+        "stop_recording",
+        "cancel_recording",
+    ];
+    tauri_build::try_build(
+        tauri_build::Attributes::new()
+            .app_manifest(tauri_build::AppManifest::new().commands(commands)),
+    )
+    .expect("tauri build step");
+}

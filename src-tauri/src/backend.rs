@@ -1,0 +1,178 @@
+//! What the app needs from a model, behind a trait so the commands can be tested with a
+//! scripted backend and the engine can be swapped without touching the UI contract.
+
+use std::sync::atomic::AtomicBool;
+
+use engine::chat::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppResult;
+
+/// Sampling settings; the model's defaults come from its `generation_config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: Some(64),
+            top_p: Some(0.95),
+            max_new_tokens: 512,
+            seed: 0,
+        }
+    }
+}
+
+impl Sampling {
+    pub fn validate(&self) -> AppResult<()> {
+        use crate::error::AppError::InvalidInput;
+        if !(self.temperature.is_finite() && (0.0..=10.0).contains(&self.temperature)) {
+            return Err(InvalidInput("temperature must be between 0 and 10".into()));
+        }
+        if self.top_k == Some(0) {
+            return Err(InvalidInput(
+                "top-k must be at least 1 (or empty for no limit)".into(),
+            ));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(InvalidInput("top-p must be in (0, 1]".into()));
+            }
+        }
+        if self.max_new_tokens == 0 || self.max_new_tokens > 32_768 {
+            return Err(InvalidInput(
+                "max tokens must be between 1 and 32768".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+    Cancelled,
+}
+
+/// Measurements of one reply, shown under it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub stop_reason: StopReason,
+    pub ttft_ms: f64,
+    pub tokens_per_second: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: String,
+    /// The committed tiny fixture: it works, but its replies are noise.
+    pub demo: bool,
+    pub defaults: Sampling,
+}
+
+pub trait ChatBackend: Send {
+    fn info(&self) -> ModelInfo;
+
+    /// Streams the reply to `messages` through `on_text`, checking `cancel` between tokens.
+    fn generate(
+        &mut self,
+        messages: &[Message],
+        params: &Sampling,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> AppResult<ReplyStats>;
+}
+
+#[cfg(test)]
+pub mod scripted {
+    //! A backend that replies with fixed pieces, for command tests.
+
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::AppError;
+
+    pub struct ScriptedBackend {
+        pub pieces: Vec<String>,
+        /// Pause between pieces, so tests can stop a reply midway.
+        pub delay: Duration,
+        pub fail_with: Option<AppError>,
+        pub panic: bool,
+        /// Every conversation the backend was asked to continue.
+        pub seen: Arc<Mutex<Vec<Vec<Message>>>>,
+    }
+
+    impl ScriptedBackend {
+        pub fn new(pieces: &[&str]) -> Self {
+            Self {
+                pieces: pieces.iter().map(|s| s.to_string()).collect(),
+                delay: Duration::ZERO,
+                fail_with: None,
+                panic: false,
+                seen: Arc::default(),
+            }
+        }
+    }
+
+    impl ChatBackend for ScriptedBackend {
+        fn info(&self) -> ModelInfo {
+            ModelInfo {
+                name: "scripted".into(),
+                path: String::new(),
+                demo: true,
+                defaults: Sampling::default(),
+            }
+        }
+
+        fn generate(
+            &mut self,
+            messages: &[Message],
+            _params: &Sampling,
+            cancel: &AtomicBool,
+            on_text: &mut dyn FnMut(&str),
+        ) -> AppResult<ReplyStats> {
+            self.seen.lock().unwrap().push(messages.to_vec());
+            if let Some(e) = &self.fail_with {
+                return Err(e.clone());
+            }
+            if self.panic {
+                panic!("scripted backend panics");
+            }
+            let mut stop_reason = StopReason::Eos;
+            let mut generated = 0;
+            for piece in &self.pieces {
+                if cancel.load(Ordering::SeqCst) {
+                    stop_reason = StopReason::Cancelled;
+                    break;
+                }
+                on_text(piece);
+                generated += 1;
+                std::thread::sleep(self.delay);
+            }
+            Ok(ReplyStats {
+                prompt_tokens: messages.len(),
+                generated_tokens: generated,
+                stop_reason,
+                ttft_ms: 1.0,
+                tokens_per_second: 100.0,
+            })
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Gemma Chat: the Tauri shell around the engine.
+
+pub mod app;
+pub mod backend;
+pub mod commands;
+pub mod error;
+pub mod model_backend;
+pub mod recorder;
+pub mod store;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tauri::{Emitter, Manager, Runtime};
+
+use app::AppState;
+use model_backend::ModelBackend;
+use recorder::{FileSource, Recorder, Unavailable};
+use store::Store;
+use worker::Worker;
+
+/// Every command the UI may call (also listed in `build.rs` for the capability file).
+macro_rules! handlers {
+    () => {
+        tauri::generate_handler![
+            $crate::commands::model_status,
+            $crate::commands::open_model,
+            $crate::commands::list_conversations,
+            $crate::commands::create_conversation,
+            $crate::commands::rename_conversation,
+            $crate::commands::delete_conversation,
+            $crate::commands::get_conversation,
+            $crate::commands::set_system_prompt,
+            $crate::commands::set_sampling,
+            $crate::commands::save_attachment,
+            $crate::commands::read_attachment,
+            $crate::commands::send_message,
+            $crate::commands::regenerate,
+            $crate::commands::edit_and_resend,
+            $crate::commands::stop_generation,
+            $crate::commands::export_conversation,
+            $crate::commands::start_recording,
+            $crate::commands::stop_recording,
+            $crate::commands::cancel_recording,
+        ]
+    };
+}
+#[cfg(test)]
+pub(crate) use handlers;
+
+/// The model to load at start: `GEMMA_CHAT_MODEL_DIR`, else the folder the user opened last,
+/// else the bundled demo model (the tiny test fixture).
+fn model_to_load<R: Runtime>(app: &tauri::AppHandle<R>, store: &Store) -> (PathBuf, bool) {
+    if let Some(dir) = std::env::var_os("GEMMA_CHAT_MODEL_DIR") {
+        return (dir.into(), false);
+    }
+    if let Ok(Some(dir)) = store.setting("model_dir") {
+        return (dir.into(), false);
+    }
+    let bundled = app
+        .path()
+        .resource_dir()
+        .map(|d| d.join("demo-model"))
+        .ok()
+        .filter(|d| d.join("config.json").is_file());
+    let dir = bundled.unwrap_or_else(|| {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/C/model"
+        ))
+    });
+    (dir, true)
+}
+
+fn init<R: Runtime>(app: &tauri::AppHandle<R>) -> Result<AppState, Box<dyn std::error::Error>> {
+    // `GEMMA_CHAT_DATA_DIR` keeps test runs away from the user's history.
+    let data_dir = match std::env::var_os("GEMMA_CHAT_DATA_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => app.path().app_data_dir()?,
+    };
+    let store = Arc::new(Store::open(&data_dir)?);
+    let exports_dir = app
+        .path()
+        .download_dir()
+        .unwrap_or_else(|_| data_dir.join("exports"));
+    let events = app.clone();
+    let worker = Worker::spawn(move |status| {
+        let _ = events.emit("model-status", status);
+    });
+    let (model_dir, demo) = model_to_load(app, &store);
+    worker.load(
+        model_dir.display().to_string(),
+        Box::new(move || {
+            Ok(Box::new(ModelBackend::load(&model_dir, demo)?) as Box<dyn backend::ChatBackend>)
+        }),
+    )?;
+    let recorder: Box<dyn Recorder> = match std::env::var_os("GEMMA_CHAT_TEST_MIC") {
+        Some(path) => Box::new(FileSource::new(path.into())),
+        None => Box::new(Unavailable),
+    };
+    Ok(AppState {
+        store,
+        worker,
+        recorder: Mutex::new(recorder),
+        exports_dir,
+    })
+}
+
+pub fn run() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    tauri::Builder::default()
+        .setup(|app| {
+            let state = init(app.handle())?;
+            app.manage(state);
+            Ok(())
+        })
+        .invoke_handler(handlers!())
+        .run(tauri::generate_context!())
+        .expect("error while running Gemma Chat");
+}

@@ -1,0 +1,194 @@
+//! The thread that owns the model: loads it in the background, then runs one reply at a time.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::backend::{ChatBackend, ModelInfo};
+use crate::error::{AppError, AppResult};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum ModelStatus {
+    Loading { path: String },
+    Ready { model: ModelInfo },
+    Failed { error: AppError },
+}
+
+pub type Loader = Box<dyn FnOnce() -> AppResult<Box<dyn ChatBackend>> + Send>;
+type Job = Box<dyn FnOnce(&mut dyn ChatBackend, &AtomicBool) + Send>;
+
+enum Command {
+    Load { path: String, loader: Loader },
+    Run(Job),
+}
+
+pub struct Worker {
+    tx: Mutex<Sender<Command>>,
+    status: Arc<Mutex<ModelStatus>>,
+    busy: Arc<AtomicBool>,
+    cancel: Arc<AtomicBool>,
+    /// The conversation whose reply is being generated, if any.
+    active: Arc<Mutex<Option<i64>>>,
+}
+
+/// Clears the busy flag when a job ends, even by panic.
+struct BusyGuard(Arc<AtomicBool>, Arc<Mutex<Option<i64>>>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl Worker {
+    /// Start the thread; `on_status` hears every model status change.
+    pub fn spawn(on_status: impl Fn(&ModelStatus) + Send + 'static) -> Self {
+        let (tx, rx) = channel::<Command>();
+        let status = Arc::new(Mutex::new(ModelStatus::Failed {
+            error: AppError::Model("no model is configured".into()),
+        }));
+        let busy = Arc::new(AtomicBool::new(false));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(Mutex::new(None));
+        let (thread_status, thread_cancel) = (status.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name("model".into())
+            .spawn(move || {
+                let mut backend: Option<Box<dyn ChatBackend>> = None;
+                let set = |s: ModelStatus| {
+                    on_status(&s);
+                    *thread_status.lock().unwrap_or_else(|p| p.into_inner()) = s;
+                };
+                for command in rx {
+                    match command {
+                        Command::Load { path, loader } => {
+                            backend = None;
+                            set(ModelStatus::Loading { path });
+                            match catch_unwind(AssertUnwindSafe(loader)) {
+                                Ok(Ok(b)) => {
+                                    set(ModelStatus::Ready { model: b.info() });
+                                    backend = Some(b);
+                                }
+                                Ok(Err(error)) => set(ModelStatus::Failed { error }),
+                                Err(p) => set(ModelStatus::Failed {
+                                    error: AppError::Internal(panic_message(p)),
+                                }),
+                            }
+                        }
+                        Command::Run(job) => {
+                            if let Some(b) = backend.as_deref_mut() {
+                                // The job reports its own outcome; a panic inside is contained.
+                                let _ = catch_unwind(AssertUnwindSafe(|| job(b, &thread_cancel)));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning the model thread");
+        Self {
+            tx: Mutex::new(tx),
+            status,
+            busy,
+            cancel,
+            active,
+        }
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn send(&self, command: Command) -> AppResult<()> {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(command)
+            .map_err(|_| AppError::Internal("the model thread has stopped".into()))
+    }
+
+    /// Replace the model; refused while a reply is being generated.
+    pub fn load(&self, path: String, loader: Loader) -> AppResult<()> {
+        if self.busy.load(Ordering::SeqCst) {
+            return Err(AppError::Busy);
+        }
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) =
+            ModelStatus::Loading { path: path.clone() };
+        self.send(Command::Load { path, loader })
+    }
+
+    /// Claim the single generation slot for `conversation`, before any state is changed.
+    pub fn reserve(&self, conversation: i64) -> AppResult<Reservation<'_>> {
+        match self.status() {
+            ModelStatus::Ready { .. } => {}
+            ModelStatus::Loading { .. } => return Err(AppError::ModelLoading),
+            ModelStatus::Failed { error } => {
+                return Err(AppError::Model(format!("no model is loaded: {error}")))
+            }
+        }
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(AppError::Busy);
+        }
+        self.cancel.store(false, Ordering::SeqCst);
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(conversation);
+        Ok(Reservation {
+            worker: self,
+            guard: Some(BusyGuard(self.busy.clone(), self.active.clone())),
+        })
+    }
+
+    /// Ask the running reply to stop at the next token.
+    pub fn stop(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Stop the reply if it belongs to `conversation`.
+    pub fn stop_conversation(&self, conversation: i64) {
+        if *self.active.lock().unwrap_or_else(|p| p.into_inner()) == Some(conversation) {
+            self.stop();
+        }
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
+    }
+}
+
+/// The generation slot; dropping it unused frees the slot again.
+pub struct Reservation<'a> {
+    worker: &'a Worker,
+    guard: Option<BusyGuard>,
+}
+
+impl Reservation<'_> {
+    pub fn run(
+        mut self,
+        job: impl FnOnce(&mut dyn ChatBackend, &AtomicBool) + Send + 'static,
+    ) -> AppResult<()> {
+        let guard = self.guard.take().expect("a reservation runs once");
+        self.worker.send(Command::Run(Box::new(
+            move |b: &mut dyn ChatBackend, cancel: &AtomicBool| {
+                let _guard = guard;
+                job(b, cancel)
+            },
+        )))
+    }
+}

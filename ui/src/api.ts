@@ -1,0 +1,142 @@
+// Typed wrappers over the backend commands (src-tauri/src/commands.rs).
+import { Channel, invoke } from '@tauri-apps/api/core';
+
+export interface Sampling {
+  temperature: number;
+  topK: number | null;
+  topP: number | null;
+  maxNewTokens: number;
+  seed: number;
+}
+
+export interface ModelInfo {
+  name: string;
+  path: string;
+  demo: boolean;
+  defaults: Sampling;
+}
+
+export type ModelStatus =
+  | { state: 'loading'; path: string }
+  | { state: 'ready'; model: ModelInfo }
+  | { state: 'failed'; error: AppError };
+
+export interface AppError {
+  kind: string;
+  message: string;
+}
+
+export interface Attachment {
+  hash: string;
+  kind: 'image' | 'audio';
+  mime: string;
+  name: string;
+}
+
+export interface ReplyStats {
+  promptTokens: number;
+  generatedTokens: number;
+  stopReason: 'eos' | 'maxTokens' | 'cancelled';
+  ttftMs: number;
+  tokensPerSecond: number;
+}
+
+export type Status = 'streaming' | 'done' | 'stopped' | 'error' | 'interrupted';
+
+export interface StoredMessage {
+  id: number;
+  role: 'user' | 'assistant';
+  text: string;
+  attachments: Attachment[];
+  status: Status;
+  stats: ReplyStats | null;
+  error: string | null;
+  createdAt: number;
+}
+
+export interface ConversationSummary {
+  id: number;
+  title: string;
+  updatedAt: number;
+}
+
+export interface Conversation extends ConversationSummary {
+  systemPrompt: string;
+  sampling: Sampling | null;
+  createdAt: number;
+  messages: StoredMessage[];
+}
+
+export type StreamEvent =
+  | { event: 'token'; text: string }
+  | { event: 'done'; stats: ReplyStats }
+  | { event: 'error'; error: AppError };
+
+export interface ReplyStarted {
+  userMessageId: number;
+  replyId: number;
+}
+
+/** Errors from the backend arrive as `{kind, message}`; anything else is wrapped. */
+export function asAppError(e: unknown): AppError {
+  if (e && typeof e === 'object' && 'kind' in e && 'message' in e) {
+    return e as AppError;
+  }
+  return { kind: 'internal', message: String(e) };
+}
+
+export function attachmentFileName(a: Attachment): string {
+  const ext: Record<string, string> = {
+    'image/png': 'png',
+    'image/jpeg': 'jpg',
+    'image/gif': 'gif',
+    'image/webp': 'webp',
+    'image/bmp': 'bmp',
+    'audio/wav': 'wav',
+    'audio/flac': 'flac',
+    'audio/ogg': 'ogg',
+    'audio/mp4': 'm4a',
+    'audio/mpeg': 'mp3',
+  };
+  return `${a.hash}.${ext[a.mime] ?? 'bin'}`;
+}
+
+function streamChannel(onEvent: (e: StreamEvent) => void): Channel<StreamEvent> {
+  const channel = new Channel<StreamEvent>();
+  channel.onmessage = onEvent;
+  return channel;
+}
+
+export const api = {
+  modelStatus: () => invoke<ModelStatus>('model_status'),
+  openModel: (path: string) => invoke<void>('open_model', { path }),
+  listConversations: (query = '') => invoke<ConversationSummary[]>('list_conversations', { query }),
+  createConversation: () => invoke<ConversationSummary>('create_conversation', {}),
+  renameConversation: (id: number, title: string) => invoke<void>('rename_conversation', { id, title }),
+  deleteConversation: (id: number) => invoke<void>('delete_conversation', { id }),
+  getConversation: (id: number) => invoke<Conversation>('get_conversation', { id }),
+  setSystemPrompt: (id: number, prompt: string) => invoke<void>('set_system_prompt', { id, prompt }),
+  setSampling: (id: number, sampling: Sampling | null) => invoke<void>('set_sampling', { id, sampling }),
+  saveAttachment: async (file: Blob, name: string) =>
+    invoke<Attachment>('save_attachment', new Uint8Array(await file.arrayBuffer()), {
+      headers: { 'x-file-name': encodeURIComponent(name) },
+    }),
+  readAttachment: (a: Attachment) =>
+    invoke<ArrayBuffer>('read_attachment', { fileName: attachmentFileName(a) }),
+  sendMessage: (conversationId: number, text: string, attachments: Attachment[], onEvent: (e: StreamEvent) => void) =>
+    invoke<ReplyStarted>('send_message', { conversationId, text, attachments, onEvent: streamChannel(onEvent) }),
+  regenerate: (conversationId: number, onEvent: (e: StreamEvent) => void) =>
+    invoke<ReplyStarted>('regenerate', { conversationId, onEvent: streamChannel(onEvent) }),
+  editAndResend: (conversationId: number, messageId: number, text: string, onEvent: (e: StreamEvent) => void) =>
+    invoke<ReplyStarted>('edit_and_resend', { conversationId, messageId, text, onEvent: streamChannel(onEvent) }),
+  stopGeneration: () => invoke<void>('stop_generation'),
+  exportConversation: (conversationId: number, format: 'markdown' | 'json') =>
+    invoke<{ path: string; content: string }>('export_conversation', { conversationId, format }),
+  startRecording: (onLevel: (level: number) => void) => {
+    const channel = new Channel<number>();
+    channel.onmessage = onLevel;
+    return invoke<void>('start_recording', { onLevel: channel });
+  },
+  stopRecording: () => invoke<Attachment>('stop_recording'),
+  cancelRecording: () => invoke<void>('cancel_recording'),
+};

@@ -1,0 +1,642 @@
+// Gemma Chat UI: plain TypeScript and the DOM (see ui/README.md for why no framework).
+import { listen } from '@tauri-apps/api/event';
+import './styles.css';
+import {
+  api,
+  asAppError,
+  type AppError,
+  type Attachment,
+  type Conversation,
+  type ConversationSummary,
+  type ModelStatus,
+  type Sampling,
+  type StoredMessage,
+  type StreamEvent,
+} from './api';
+import { formatDuration, formatStats, keyAction, kindOfFile, statusNote } from './format';
+import { renderInto } from './markdown';
+
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Partial<Record<string, string>> = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v === undefined) continue;
+    if (k === 'text') el.textContent = v;
+    else el.setAttribute(k, v);
+  }
+  el.append(...children);
+  return el;
+}
+
+function button(label: string, text: string, onClick: () => void, cls = ''): HTMLButtonElement {
+  const b = h('button', { type: 'button', 'aria-label': label, title: label, class: cls, text });
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+class ChatApp {
+  private conversations: ConversationSummary[] = [];
+  private current: Conversation | null = null;
+  private model: ModelStatus = { state: 'loading', path: '' };
+  private pending: Attachment[] = [];
+  /** The reply being streamed: its message id, element and text so far. */
+  private streaming: { conversationId: number; id: number; text: string; body: HTMLElement | null } | null = null;
+  private recording: { started: number; timer: number } | null = null;
+  private renderQueued = false;
+  private mediaUrls = new Map<string, string>();
+
+  // Fixed parts of the page.
+  private list = h('ul', { class: 'chat-list', 'aria-label': 'Chats' });
+  private search = h('input', { type: 'search', 'aria-label': 'Search chats', placeholder: 'Search chats' });
+  private title = h('h1', { class: 'chat-title' });
+  private modelBadge = h('span', { class: 'model-badge', role: 'status' });
+  private log = h('div', { class: 'messages', role: 'log', 'aria-live': 'polite', 'aria-label': 'Messages' });
+  private tray = h('div', { class: 'tray', 'aria-label': 'Attachments to send' });
+  private input = h('textarea', { 'aria-label': 'Message', placeholder: 'Message Gemma — Enter to send, Shift+Enter for a new line', rows: '1' });
+  private fileInput = h('input', { type: 'file', accept: 'image/*,audio/*', multiple: '', hidden: '', 'aria-label': 'Choose files to attach' });
+  private sendButton = button('Send', 'Send', () => void this.send(), 'primary');
+  private stopButton = button('Stop', 'Stop', () => void this.stop(), 'danger');
+  private recordButton = button('Record', 'Record', () => void this.toggleRecording(), 'icon');
+  private meter = h('span', { class: 'meter', role: 'meter', 'aria-label': 'Input level', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': '0' }, h('span', { class: 'meter-fill' }));
+  private timer = h('span', { class: 'timer', 'aria-label': 'Recording time', text: '0:00' });
+  private alerts = h('div', { class: 'alerts', role: 'alert' });
+  private settings = h('section', { class: 'settings', 'aria-label': 'Chat settings', hidden: '' });
+  private dropOverlay = h('div', { class: 'drop-overlay', hidden: '', text: 'Drop images or audio to attach' });
+
+  async start(root: HTMLElement): Promise<void> {
+    root.append(this.layout());
+    this.wireEvents();
+    await listen<ModelStatus>('model-status', (e) => this.setModel(e.payload)).catch(() => undefined);
+    this.setModel(await api.modelStatus());
+    await this.refreshList();
+    if (this.conversations.length > 0) await this.open(this.conversations[0].id);
+    else this.renderConversation();
+    this.input.focus();
+  }
+
+  private layout(): HTMLElement {
+    this.stopButton.hidden = true;
+    this.meter.hidden = true;
+    this.timer.hidden = true;
+    const sidebar = h(
+      'nav',
+      { class: 'sidebar', 'aria-label': 'Conversations' },
+      h('div', { class: 'brand', text: 'Gemma Chat' }),
+      button('New chat', '+ New chat', () => void this.newChat(), 'primary wide'),
+      this.search,
+      this.list,
+    );
+    const header = h(
+      'header',
+      { class: 'topbar' },
+      this.title,
+      this.modelBadge,
+      button('Chat settings', 'Settings', () => this.toggleSettings()),
+    );
+    const attach = button('Attach', 'Attach', () => this.fileInput.click());
+    const composer = h(
+      'footer',
+      { class: 'composer' },
+      this.tray,
+      h('div', { class: 'composer-row' }, attach, this.recordButton, this.meter, this.timer, this.input, this.sendButton, this.stopButton),
+      this.fileInput,
+    );
+    const main = h('main', { class: 'main' }, header, this.settings, this.alerts, this.log, composer);
+    return h('div', { class: 'shell' }, sidebar, main, this.dropOverlay);
+  }
+
+  private wireEvents(): void {
+    this.search.addEventListener('input', () => void this.refreshList());
+    this.input.addEventListener('input', () => this.autosize());
+    this.input.addEventListener('keydown', (e) => {
+      if (keyAction(e, true) === 'send') {
+        e.preventDefault();
+        void this.send();
+      }
+    });
+    window.addEventListener('keydown', (e) => {
+      const action = keyAction(e, false);
+      if (action === 'stop' && this.streaming) {
+        e.preventDefault();
+        void this.stop();
+      } else if (action === 'newChat') {
+        e.preventDefault();
+        void this.newChat();
+      }
+    });
+    this.fileInput.addEventListener('change', () => {
+      void this.attachFiles([...(this.fileInput.files ?? [])]);
+      this.fileInput.value = '';
+    });
+    window.addEventListener('paste', (e) => {
+      const files = [...(e.clipboardData?.files ?? [])];
+      if (files.length > 0) {
+        e.preventDefault();
+        void this.attachFiles(files);
+      }
+    });
+    let depth = 0;
+    window.addEventListener('dragenter', (e) => {
+      e.preventDefault();
+      depth++;
+      this.dropOverlay.hidden = false;
+    });
+    window.addEventListener('dragover', (e) => e.preventDefault());
+    window.addEventListener('dragleave', () => {
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) this.dropOverlay.hidden = true;
+    });
+    window.addEventListener('drop', (e) => {
+      e.preventDefault();
+      depth = 0;
+      this.dropOverlay.hidden = true;
+      void this.attachFiles([...(e.dataTransfer?.files ?? [])]);
+    });
+    // Push-to-talk: holding the button records until release; a click toggles.
+    let pressed = 0;
+    this.recordButton.addEventListener('pointerdown', () => {
+      pressed = Date.now();
+    });
+    this.recordButton.addEventListener('pointerup', () => {
+      if (this.recording && pressed && Date.now() - pressed > 400 && Date.now() - this.recording.started > 400) {
+        void this.toggleRecording();
+      }
+      pressed = 0;
+    });
+    // Links in model output never navigate the app window.
+    this.log.addEventListener('click', (e) => {
+      if ((e.target as HTMLElement).closest('.content a')) e.preventDefault();
+    });
+  }
+
+  private autosize(): void {
+    this.input.style.height = 'auto';
+    this.input.style.height = `${Math.min(this.input.scrollHeight, 240)}px`;
+  }
+
+  private showError(e: unknown): void {
+    const err: AppError = asAppError(e);
+    const note = h('div', { class: `alert alert-${err.kind}`, 'data-kind': err.kind }, h('span', { text: err.message }));
+    note.append(button('Dismiss', '×', () => note.remove(), 'icon'));
+    this.alerts.append(note);
+    setTimeout(() => note.remove(), 15000);
+  }
+
+  // ---- Model ----
+
+  private setModel(status: ModelStatus): void {
+    this.model = status;
+    this.modelBadge.className = 'model-badge';
+    if (status.state === 'loading') {
+      this.modelBadge.textContent = 'Loading model…';
+      this.modelBadge.classList.add('loading');
+    } else if (status.state === 'ready') {
+      this.modelBadge.textContent = status.model.demo ? 'Demo model — replies are noise' : status.model.name;
+      this.modelBadge.title = status.model.path;
+      if (status.model.demo) this.modelBadge.classList.add('demo');
+    } else {
+      this.modelBadge.textContent = 'No model loaded';
+      this.modelBadge.classList.add('failed');
+      this.showError(status.error);
+    }
+    if (!this.settings.hidden) this.renderSettings();
+  }
+
+  private defaults(): Sampling {
+    return this.model.state === 'ready'
+      ? this.model.model.defaults
+      : { temperature: 1, topK: 64, topP: 0.95, maxNewTokens: 512, seed: 0 };
+  }
+
+  // ---- Conversations ----
+
+  private async refreshList(): Promise<void> {
+    try {
+      this.conversations = await api.listConversations(this.search.value);
+    } catch (e) {
+      this.showError(e);
+      return;
+    }
+    this.list.replaceChildren(
+      ...this.conversations.map((c) => {
+        const open = button(`Open chat ${c.title}`, c.title, () => void this.open(c.id), 'chat-link');
+        if (this.current?.id === c.id) open.setAttribute('aria-current', 'page');
+        const rename = button('Rename chat', 'Rename', () => void this.rename(c), 'icon small');
+        const del = button('Delete chat', 'Delete', () => void this.remove(c), 'icon small');
+        return h('li', { class: 'chat-item', 'data-id': String(c.id) }, open, rename, del);
+      }),
+    );
+  }
+
+  private async newChat(): Promise<void> {
+    try {
+      const c = await api.createConversation();
+      this.search.value = '';
+      await this.refreshList();
+      await this.open(c.id);
+      this.input.focus();
+    } catch (e) {
+      this.showError(e);
+    }
+  }
+
+  private async open(id: number): Promise<void> {
+    try {
+      this.current = await api.getConversation(id);
+    } catch (e) {
+      this.showError(e);
+      return;
+    }
+    this.renderConversation();
+    await this.refreshList();
+  }
+
+  private async rename(c: ConversationSummary): Promise<void> {
+    const item = this.list.querySelector(`[data-id="${c.id}"]`);
+    if (!item) return;
+    const field = h('input', { type: 'text', 'aria-label': 'Chat name', value: c.title });
+    item.replaceChildren(field);
+    field.focus();
+    field.select();
+    let done = false;
+    const finish = async (save: boolean) => {
+      if (done) return;
+      done = true;
+      if (save && field.value.trim() && field.value !== c.title) {
+        try {
+          await api.renameConversation(c.id, field.value.trim());
+          if (this.current?.id === c.id) {
+            this.current.title = field.value.trim();
+            this.title.textContent = this.current.title;
+          }
+        } catch (e) {
+          this.showError(e);
+        }
+      }
+      await this.refreshList();
+    };
+    field.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter') void finish(true);
+      if (e.key === 'Escape') {
+        e.stopPropagation();
+        void finish(false);
+      }
+    });
+    field.addEventListener('blur', () => void finish(true));
+  }
+
+  private async remove(c: ConversationSummary): Promise<void> {
+    if (!window.confirm(`Delete “${c.title}”? This cannot be undone.`)) return;
+    try {
+      await api.deleteConversation(c.id);
+      if (this.current?.id === c.id) {
+        this.current = null;
+        this.renderConversation();
+      }
+      await this.refreshList();
+    } catch (e) {
+      this.showError(e);
+    }
+  }
+
+  // ---- Messages ----
+
+  private renderConversation(): void {
+    const c = this.current;
+    this.title.textContent = c ? c.title : 'Gemma Chat';
+    this.log.replaceChildren();
+    if (!c) {
+      this.log.append(h('p', { class: 'empty', text: 'Start a new chat: type a message, drop an image or audio file, or press Record.' }));
+    } else {
+      const lastAssistant = [...c.messages].reverse().find((m) => m.role === 'assistant');
+      for (const m of c.messages) this.log.append(this.messageView(m, m.id === lastAssistant?.id));
+    }
+    if (!this.settings.hidden) this.renderSettings();
+    this.scrollToEnd();
+  }
+
+  private messageView(m: StoredMessage, isLastReply: boolean): HTMLElement {
+    const el = h('article', { class: `message ${m.role}`, 'data-id': String(m.id), 'data-status': m.status, 'aria-label': m.role === 'user' ? 'Your message' : 'Reply' });
+    el.append(h('div', { class: 'who', text: m.role === 'user' ? 'You' : 'Gemma' }));
+    if (m.attachments.length > 0) {
+      const media = h('div', { class: 'media' });
+      for (const a of m.attachments) media.append(this.mediaView(a));
+      el.append(media);
+    }
+    const body = h('div', { class: 'content' });
+    if (m.role === 'assistant') renderInto(body, m.text);
+    else body.textContent = m.text;
+    if (m.text || m.role === 'assistant') el.append(body);
+    if (m.error) el.append(h('div', { class: 'reply-error', role: 'note', text: m.error }));
+    const note = statusNote(m.status);
+    if (note) el.append(h('div', { class: 'note', text: note }));
+    if (m.stats) el.append(h('div', { class: 'stats', text: formatStats(m.stats) }));
+    const actions = h('div', { class: 'actions' });
+    if (m.role === 'user') actions.append(button('Edit message', 'Edit', () => this.edit(el, m)));
+    if (m.role === 'assistant') {
+      actions.append(button('Copy reply', 'Copy', () => void navigator.clipboard?.writeText(m.text)));
+      if (isLastReply && m.status !== 'streaming') actions.append(button('Regenerate', 'Regenerate', () => void this.regenerate()));
+    }
+    el.append(actions);
+    return el;
+  }
+
+  private mediaView(a: Attachment): HTMLElement {
+    const el =
+      a.kind === 'image'
+        ? h('img', { class: 'thumb', alt: a.name, title: a.name })
+        : h('audio', { controls: '', preload: 'metadata', 'aria-label': `Audio: ${a.name}` });
+    void this.mediaUrl(a).then(
+      (url) => {
+        (el as HTMLImageElement | HTMLAudioElement).src = url;
+      },
+      (e) => this.showError(e),
+    );
+    return a.kind === 'image' ? el : h('figure', { class: 'audio' }, el, h('figcaption', { text: a.name }));
+  }
+
+  private async mediaUrl(a: Attachment): Promise<string> {
+    let url = this.mediaUrls.get(a.hash);
+    if (!url) {
+      const bytes = await api.readAttachment(a);
+      url = URL.createObjectURL(new Blob([bytes], { type: a.mime }));
+      this.mediaUrls.set(a.hash, url);
+    }
+    return url;
+  }
+
+  private scrollToEnd(): void {
+    this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  private setGenerating(on: boolean): void {
+    this.sendButton.hidden = on;
+    this.stopButton.hidden = !on;
+    for (const b of this.log.querySelectorAll<HTMLButtonElement>('[aria-label="Regenerate"], [aria-label="Edit message"]')) b.disabled = on;
+  }
+
+  private onEvent(conversationId: number, e: StreamEvent): void {
+    const s = this.streaming;
+    if (!s || s.conversationId !== conversationId) return;
+    if (e.event === 'token') {
+      s.text += e.text;
+      if (!this.renderQueued) {
+        this.renderQueued = true;
+        requestAnimationFrame(() => {
+          this.renderQueued = false;
+          if (this.streaming?.body) {
+            renderInto(this.streaming.body, this.streaming.text);
+            this.scrollToEnd();
+          }
+        });
+      }
+      return;
+    }
+    this.streaming = null;
+    this.setGenerating(false);
+    if (this.current?.id === conversationId) void this.open(conversationId);
+    if (e.event === 'error') this.showError(e.error);
+  }
+
+  /** Run a command that starts a reply, then show the conversation with the empty reply. */
+  private async startReply(conversationId: number, start: (onEvent: (e: StreamEvent) => void) => Promise<{ replyId: number }>): Promise<boolean> {
+    if (this.streaming) {
+      this.showError({ kind: 'busy', message: 'A reply is already being generated. Stop it or wait for it to finish.' });
+      return false;
+    }
+    const s = { conversationId, id: -1, text: '', body: null as HTMLElement | null };
+    this.streaming = s;
+    this.setGenerating(true);
+    try {
+      const started = await start((e) => this.onEvent(conversationId, e));
+      s.id = started.replyId;
+    } catch (e) {
+      this.streaming = null;
+      this.setGenerating(false);
+      this.showError(e);
+      return false;
+    }
+    if (this.streaming !== s) return true; // already finished
+    this.current = await api.getConversation(conversationId);
+    this.renderConversation();
+    s.body = this.log.querySelector<HTMLElement>(`[data-id="${s.id}"] .content`);
+    if (s.body && s.text) renderInto(s.body, s.text);
+    this.setGenerating(true);
+    await this.refreshList();
+    return true;
+  }
+
+  private async send(): Promise<void> {
+    const text = this.input.value;
+    if (!text.trim() && this.pending.length === 0) return;
+    if (!this.current) {
+      try {
+        const c = await api.createConversation();
+        this.current = await api.getConversation(c.id);
+      } catch (e) {
+        this.showError(e);
+        return;
+      }
+    }
+    const attachments = this.pending;
+    const ok = await this.startReply(this.current.id, (onEvent) => api.sendMessage(this.current!.id, text, attachments, onEvent));
+    if (ok) {
+      this.input.value = '';
+      this.autosize();
+      this.pending = [];
+      this.renderTray();
+    }
+  }
+
+  private async stop(): Promise<void> {
+    try {
+      await api.stopGeneration();
+    } catch (e) {
+      this.showError(e);
+    }
+  }
+
+  private async regenerate(): Promise<void> {
+    if (!this.current) return;
+    const id = this.current.id;
+    await this.startReply(id, (onEvent) => api.regenerate(id, onEvent));
+  }
+
+  private edit(el: HTMLElement, m: StoredMessage): void {
+    if (!this.current || this.streaming) return;
+    const id = this.current.id;
+    let body = el.querySelector('.content');
+    if (!body) {
+      body = h('div', { class: 'content' });
+      el.querySelector('.actions')!.before(body);
+    }
+    const field = h('textarea', { 'aria-label': 'Edit message text', rows: '3' });
+    field.value = m.text;
+    const save = button('Save and resend', 'Save & resend', () => void this.startReply(id, (onEvent) => api.editAndResend(id, m.id, field.value, onEvent)), 'primary');
+    const cancel = button('Cancel edit', 'Cancel', () => this.renderConversation());
+    body.replaceChildren(field, h('div', { class: 'actions' }, save, cancel));
+    field.focus();
+  }
+
+  // ---- Attachments and recording ----
+
+  private async attachFiles(files: File[]): Promise<void> {
+    for (const file of files) {
+      if (!kindOfFile(file)) {
+        this.showError({ kind: 'attachment', message: `${file.name} is not an image or audio file` });
+        continue;
+      }
+      try {
+        this.pending.push(await api.saveAttachment(file, file.name));
+      } catch (e) {
+        this.showError(e);
+      }
+    }
+    this.renderTray();
+  }
+
+  private renderTray(): void {
+    this.tray.replaceChildren(
+      ...this.pending.map((a, i) => {
+        const item = h('div', { class: 'tray-item', 'data-kind': a.kind }, this.mediaView(a));
+        item.append(
+          button(`Remove ${a.name}`, '×', () => {
+            this.pending.splice(i, 1);
+            this.renderTray();
+          }, 'icon small remove'),
+        );
+        return item;
+      }),
+    );
+  }
+
+  private async toggleRecording(): Promise<void> {
+    if (this.recording) {
+      clearInterval(this.recording.timer);
+      this.recording = null;
+      this.showRecording(false);
+      try {
+        this.pending.push(await api.stopRecording());
+        this.renderTray();
+      } catch (e) {
+        this.showError(e);
+      }
+      return;
+    }
+    try {
+      await api.startRecording((level) => {
+        const pct = Math.round(Math.min(1, Math.max(0, level)) * 100);
+        this.meter.setAttribute('aria-valuenow', String(pct));
+        (this.meter.firstElementChild as HTMLElement).style.width = `${pct}%`;
+      });
+    } catch (e) {
+      this.showError(e);
+      return;
+    }
+    const started = Date.now();
+    this.recording = {
+      started,
+      timer: window.setInterval(() => (this.timer.textContent = formatDuration(Date.now() - started)), 250),
+    };
+    this.showRecording(true);
+  }
+
+  private showRecording(on: boolean): void {
+    this.recordButton.setAttribute('aria-pressed', String(on));
+    this.recordButton.classList.toggle('recording', on);
+    this.meter.hidden = !on;
+    this.timer.hidden = !on;
+    this.timer.textContent = '0:00';
+  }
+
+  // ---- Settings ----
+
+  private toggleSettings(): void {
+    this.settings.hidden = !this.settings.hidden;
+    if (!this.settings.hidden) this.renderSettings();
+  }
+
+  private renderSettings(): void {
+    const c = this.current;
+    const s = c?.sampling ?? this.defaults();
+    const field = (label: string, value: string, attrs: Record<string, string>) => {
+      const input = h('input', { ...attrs, value, 'aria-label': label });
+      return [h('label', {}, h('span', { text: label }), input), input] as const;
+    };
+    const prompt = h('textarea', { 'aria-label': 'System prompt', rows: '3', placeholder: 'e.g. Answer briefly.' });
+    prompt.value = c?.systemPrompt ?? '';
+    const [tLabel, t] = field('Temperature', String(s.temperature), { type: 'number', step: '0.05', min: '0', max: '10' });
+    const [kLabel, k] = field('Top-k', s.topK == null ? '' : String(s.topK), { type: 'number', min: '1', step: '1' });
+    const [pLabel, p] = field('Top-p', s.topP == null ? '' : String(s.topP), { type: 'number', min: '0.01', max: '1', step: '0.01' });
+    const [mLabel, m] = field('Max tokens', String(s.maxNewTokens), { type: 'number', min: '1', step: '1' });
+    const [modelLabel, modelPath] = field('Model folder', this.model.state === 'ready' ? this.model.model.path : '', { type: 'text', placeholder: '/path/to/gemma-3n-E2B-it' });
+    const save = async () => {
+      if (!c) return;
+      try {
+        const num = (v: string) => (v.trim() === '' ? null : Number(v));
+        await api.setSystemPrompt(c.id, prompt.value);
+        await api.setSampling(c.id, {
+          temperature: Number(t.value),
+          topK: num(k.value),
+          topP: num(p.value),
+          maxNewTokens: Number(m.value),
+          seed: s.seed,
+        });
+        this.current = await api.getConversation(c.id);
+        this.settings.hidden = true;
+      } catch (e) {
+        this.showError(e);
+      }
+    };
+    const reset = async () => {
+      if (!c) return;
+      try {
+        await api.setSampling(c.id, null);
+        this.current = await api.getConversation(c.id);
+        this.renderSettings();
+      } catch (e) {
+        this.showError(e);
+      }
+    };
+    const exportAs = async (format: 'markdown' | 'json') => {
+      if (!c) return;
+      try {
+        const out = await api.exportConversation(c.id, format);
+        const note = h('div', { class: 'alert alert-info', role: 'status', text: `Saved to ${out.path}` });
+        this.alerts.append(note);
+        setTimeout(() => note.remove(), 8000);
+      } catch (e) {
+        this.showError(e);
+      }
+    };
+    const openModel = async () => {
+      try {
+        await api.openModel(modelPath.value.trim());
+        this.setModel({ state: 'loading', path: modelPath.value.trim() });
+      } catch (e) {
+        this.showError(e);
+      }
+    };
+    this.settings.replaceChildren(
+      h('h2', { text: 'Chat settings' }),
+      h('label', { class: 'wide' }, h('span', { text: 'System prompt' }), prompt),
+      h('div', { class: 'grid' }, tLabel, kLabel, pLabel, mLabel),
+      h(
+        'div',
+        { class: 'actions' },
+        button('Save settings', 'Save', () => void save(), 'primary'),
+        button('Reset to model defaults', 'Model defaults', () => void reset()),
+        button('Export Markdown', 'Export Markdown', () => void exportAs('markdown')),
+        button('Export JSON', 'Export JSON', () => void exportAs('json')),
+      ),
+      h('h2', { text: 'Model' }),
+      h('div', { class: 'grid' }, modelLabel, button('Open model', 'Open model', () => void openModel())),
+    );
+    for (const b of this.settings.querySelectorAll('button')) if (!c && b.getAttribute('aria-label') !== 'Open model') b.disabled = true;
+  }
+}
+
+void new ChatApp().start(document.getElementById('app')!);
