@@ -14,17 +14,8 @@ mkdir -p "$ARTIFACTS_DIR"
 step() { printf '\n== %s\n' "$*"; }
 
 step "system packages"
-PACKAGES=(pkg-config build-essential file libssl-dev libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev
-  librsvg2-dev libxdo-dev libasound2-dev xvfb xauth webkit2gtk-driver chromium imagemagick)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+source scripts/system-deps.sh
+install_system_deps
 
 step "tauri-driver (cached in $TOOLS)"
 if [ ! -x "$TOOLS/bin/tauri-driver" ]; then
@@ -40,8 +31,8 @@ step "UI unit tests (Vitest)"
 npm test
 
 step "Rust: build the app, test the commands"
-cargo build --locked -p gemma-chat
-cargo test --locked -p gemma-chat
+cargo build --locked -p gemma-chat-desktop
+cargo test --locked -p gemma-chat-desktop
 
 step "UI tests in headless Chromium (mocked IPC)"
 npm run test:ui
@@ -69,6 +60,6 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.1
 done
-APP_BIN="$ROOT/target/debug/gemma-chat" WEBDRIVER_PORT=$PORT npm run test:e2e
+APP_BIN="$ROOT/target/debug/gemma-chat-desktop" WEBDRIVER_PORT=$PORT npm run test:e2e
 import -window root "$ARTIFACTS_DIR/e2e/screen-at-end.png" 2>/dev/null || true
 step "all desktop tests passed; screenshots in $ARTIFACTS_DIR"

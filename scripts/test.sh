@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's whole test suite: formatting, lints, Rust tests (parity with the committed
-# reference outputs included). Runs from a fresh clone, as root or with sudo, with no GPU,
-# no display and no network beyond the package registries.
+# The project's whole test suite: formatting, lints, every Rust test (parity with the committed
+# reference outputs included) and the desktop app's tests (UI unit tests, UI tests in headless
+# Chromium, end-to-end tests in the real window). Runs from a fresh clone, as root or with sudo,
+# with no GPU, no display and no network beyond the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,5 +11,7 @@ install_system_deps
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
+# The desktop app embeds the built UI, so the UI is built (and tested) before any workspace build.
+scripts/test-desktop.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

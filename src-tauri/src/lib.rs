@@ -19,7 +19,7 @@ use tauri::{Emitter, Manager, Runtime};
 
 use app::AppState;
 use model_backend::ModelBackend;
-use recorder::{FileSource, Recorder, Unavailable};
+use recorder::{FileSource, Microphone, Recorder};
 use store::Store;
 use worker::Worker;
 
@@ -54,6 +54,10 @@ pub(crate) use handlers;
 
 /// The model to load at start: `GEMMA_CHAT_MODEL_DIR`, else the folder the user opened last,
 /// else the bundled demo model (the tiny test fixture).
+/// Longest microphone recording; a longer one is split into clips by the engine anyway, this
+/// only bounds memory if the user forgets to stop.
+const MAX_RECORDING_SECONDS: f64 = 600.0;
+
 fn model_to_load<R: Runtime>(app: &tauri::AppHandle<R>, store: &Store) -> (PathBuf, bool) {
     if let Some(dir) = std::env::var_os("GEMMA_CHAT_MODEL_DIR") {
         return (dir.into(), false);
@@ -100,7 +104,7 @@ fn init<R: Runtime>(app: &tauri::AppHandle<R>) -> Result<AppState, Box<dyn std::
     )?;
     let recorder: Box<dyn Recorder> = match std::env::var_os("GEMMA_CHAT_TEST_MIC") {
         Some(path) => Box::new(FileSource::new(path.into())),
-        None => Box::new(Unavailable),
+        None => Box::new(Microphone::new(MAX_RECORDING_SECONDS)),
     };
     Ok(AppState {
         store,

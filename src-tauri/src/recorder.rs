@@ -1,12 +1,10 @@
-//! Microphone recording behind a trait.
-//!
-//! The cpal recorder lives in `crates/mic` (being written separately); until it is merged the
-//! app offers a test audio source (a WAV file named by `GEMMA_CHAT_TEST_MIC`, played back as if
-//! it were the microphone) and otherwise says plainly that recording is unavailable.
+//! Microphone recording behind a trait: the real microphone through `crates/mic` (cpal), or a
+//! test audio source (a WAV file named by `GEMMA_CHAT_TEST_MIC`, played back as if it were the
+//! microphone) for end-to-end tests on machines without one.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::error::{AppError, AppResult};
@@ -20,9 +18,90 @@ pub trait Recorder: Send {
     fn cancel(&mut self);
 }
 
-/// Used when no microphone backend is built in.
+/// The system's default input device.  cpal streams are not `Send` everywhere, so each
+/// recording lives on a thread of its own, controlled through channels.
+pub struct Microphone {
+    max_seconds: f64,
+    /// Tells the capture thread to stop: `true` keeps the clip, `false` discards it.
+    stop: Option<mpsc::Sender<bool>>,
+    clip: Option<mpsc::Receiver<AppResult<Vec<u8>>>>,
+}
+
+impl Microphone {
+    pub fn new(max_seconds: f64) -> Self {
+        Self {
+            max_seconds,
+            stop: None,
+            clip: None,
+        }
+    }
+}
+
+impl Recorder for Microphone {
+    fn start(&mut self, mut on_level: Box<dyn FnMut(f32) + Send>) -> AppResult<()> {
+        if self.stop.is_some() {
+            return Err(AppError::Recording(
+                "a recording is already in progress".into(),
+            ));
+        }
+        let options = mic::MicOptions {
+            device: None,
+            max_seconds: self.max_seconds,
+        };
+        let (stop_tx, stop_rx) = mpsc::channel::<bool>();
+        let (clip_tx, clip_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let recorder =
+                match mic::record(&options, move |level: mic::Level| on_level(level.peak)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(AppError::Recording(e.to_string())));
+                        return;
+                    }
+                };
+            let _ = ready_tx.send(Ok(()));
+            let keep = stop_rx.recv().unwrap_or(false);
+            let result = recorder
+                .stop()
+                .map_err(|e| AppError::Recording(e.to_string()))
+                .and_then(|r| r.wav_bytes().map_err(AppError::Recording));
+            if keep {
+                let _ = clip_tx.send(result);
+            }
+        });
+        ready_rx
+            .recv()
+            .map_err(|_| AppError::Recording("the capture thread stopped".into()))??;
+        self.stop = Some(stop_tx);
+        self.clip = Some(clip_rx);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> AppResult<Vec<u8>> {
+        let (stop, clip) = self
+            .stop
+            .take()
+            .zip(self.clip.take())
+            .ok_or_else(|| AppError::Recording("no recording is in progress".into()))?;
+        let _ = stop.send(true);
+        clip.recv()
+            .map_err(|_| AppError::Recording("the capture thread stopped".into()))?
+    }
+
+    fn cancel(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(false);
+        }
+        self.clip = None;
+    }
+}
+
+/// A recorder that refuses to record (command tests).
+#[cfg(test)]
 pub struct Unavailable;
 
+#[cfg(test)]
 impl Recorder for Unavailable {
     fn start(&mut self, _: Box<dyn FnMut(f32) + Send>) -> AppResult<()> {
         Err(AppError::Recording(

@@ -6,22 +6,30 @@ use crate::{MicError, Recording};
 
 impl Recording {
     pub fn save_wav(&self, path: &Path) -> Result<(), MicError> {
+        let fail = |reason: String| MicError::Save {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = self.wav_bytes().map_err(fail)?;
+        std::fs::write(path, bytes).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The recording as the bytes of a 16-bit PCM WAV file.
+    pub fn wav_bytes(&self) -> Result<Vec<u8>, String> {
         let spec = hound::WavSpec {
             channels: 1,
             sample_rate: self.sample_rate,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
-        let fail = |e: hound::Error| MicError::Save {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let mut writer = hound::WavWriter::create(path, spec).map_err(fail)?;
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut out, spec).map_err(|e| e.to_string())?;
         for &s in &self.samples {
             let q = (s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16;
-            writer.write_sample(q).map_err(fail)?;
+            writer.write_sample(q).map_err(|e| e.to_string())?;
         }
-        writer.finalize().map_err(fail)
+        writer.finalize().map_err(|e| e.to_string())?;
+        Ok(out.into_inner())
     }
 }
 
