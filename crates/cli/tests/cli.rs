@@ -23,12 +23,8 @@ const TEXT_MESSAGES: &str = r#"[
   {"role": "user", "content": "What is a café? Answer in one short line, please."}
 ]"#;
 
-#[test]
-fn generate_json_reports_the_reference_greedy_tokens() {
-    let dir = temp_dir("gen");
-    let messages = dir.join("m.json");
-    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
-    let model = fixtures::fixture_dir("D").join("model");
+/// `generate --json` with 20 greedy tokens: the whole stdout and the parsed JSON line.
+fn greedy_json(model: &std::path::Path, messages: &std::path::Path) -> (String, serde_json::Value) {
     let out = gemma_chat(&[
         "generate",
         "--model",
@@ -47,8 +43,17 @@ fn generate_json_reports_the_reference_greedy_tokens() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let last = stdout.lines().last().unwrap();
-    let report: serde_json::Value = serde_json::from_str(last).unwrap();
+    let report = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    (stdout, report)
+}
+
+#[test]
+fn generate_json_reports_the_reference_greedy_tokens() {
+    let dir = temp_dir("gen");
+    let messages = dir.join("m.json");
+    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
+    let model = fixtures::fixture_dir("D").join("model");
+    let (stdout, report) = greedy_json(&model, &messages);
     let expected = until_stop(
         fixtures::golden_json("D")["prompts"]["text"]["generated_ids"]
             .as_array()
@@ -260,26 +265,7 @@ fn media_prompts_from_files_give_the_reference_greedy_tokens() {
             let file = tmp.join(format!("{name}.json"));
             std::fs::write(&file, messages.to_string()).unwrap();
             let model = dir.join("model");
-            let out = gemma_chat(&[
-                "generate",
-                "--model",
-                model.to_str().unwrap(),
-                "--messages",
-                file.to_str().unwrap(),
-                "--temperature",
-                "0",
-                "--max-new-tokens",
-                "20",
-                "--json",
-            ]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8(out.stdout).unwrap();
-            let report: serde_json::Value =
-                serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+            let (_, report) = greedy_json(&model, &file);
             let reference = &fixtures::golden_json(variant)["prompts"][name];
             assert_eq!(
                 report["prompt_tokens"], reference["num_tokens"],
