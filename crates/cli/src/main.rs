@@ -380,8 +380,8 @@ fn summary(report: &GenerationReport) -> String {
 fn forward(args: ForwardArgs) -> Result<()> {
     let messages = engine::load_messages(&args.messages)?;
     let mut engine = load_engine(&args.model)?;
-    let (images, audio) = engine.preprocess_media(&messages)?;
-    let (ids, logits) = engine.prompt_logits(&messages)?;
+    let out = engine.prompt_forward(&messages)?;
+    let ids = out.ids;
     let mut tensors = vec![
         (
             "input_ids".to_string(),
@@ -390,12 +390,12 @@ fn forward(args: ForwardArgs) -> Result<()> {
                 &Device::Cpu,
             )?,
         ),
-        ("logits".to_string(), logits.to_dtype(DType::F32)?),
+        ("logits".to_string(), out.logits.to_dtype(DType::F32)?),
     ];
-    for (i, p) in images.into_iter().enumerate() {
+    for (i, p) in out.pixel_values.into_iter().enumerate() {
         tensors.push((format!("pixel_values.{i}"), p));
     }
-    for (i, f) in audio.into_iter().enumerate() {
+    for (i, f) in out.audio_features.into_iter().enumerate() {
         tensors.push((format!("audio_features.{i}"), f));
     }
     candle_core::safetensors::save(

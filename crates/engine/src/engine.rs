@@ -56,6 +56,18 @@ pub struct Prefill {
     pub audio_splits: Vec<String>,
 }
 
+/// A full forward of a prompt, for inspection (`gemma-chat forward`).
+#[derive(Debug, Clone)]
+pub struct PromptForward {
+    pub ids: Vec<u32>,
+    /// `[T, V]`, soft-capped, f32.
+    pub logits: Tensor,
+    /// `[3, H, W]` per image, in prompt order.
+    pub pixel_values: Vec<Tensor>,
+    /// `[frames, mel]` per audio clip, in prompt order.
+    pub audio_features: Vec<Tensor>,
+}
+
 /// One media attachment after preprocessing, in prompt order.
 enum Media {
     Image(Tensor),
@@ -180,26 +192,9 @@ impl Engine {
         Ok(self.prepare(messages)?.ids)
     }
 
-    /// Preprocessed pixel values of every image and log-mel features of every audio clip.
-    pub fn preprocess_media(&self, messages: &[Message]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let prepared = self.prepare(messages)?;
-        let mut images = Vec::new();
-        let mut clips = Vec::new();
-        for (media, _) in prepared.media {
-            match media {
-                Media::Image(p) => images.push(p),
-                Media::AudioClip(c) => clips.push(c),
-            }
-        }
-        let mut features = Vec::new();
-        for clip in clips {
-            features.push(self.audio.features(&[clip])?.features.squeeze(0)?);
-        }
-        Ok((images, features))
-    }
-
-    /// Full logits `[T, V]` of the prompt (generation prompt included), from a fresh cache.
-    pub fn prompt_logits(&mut self, messages: &[Message]) -> Result<(Vec<u32>, Tensor)> {
+    /// Full logits `[T, V]` of the prompt (generation prompt included), from a fresh cache,
+    /// with the model inputs of every image and audio clip (media are decoded once).
+    pub fn prompt_forward(&mut self, messages: &[Message]) -> Result<PromptForward> {
         let prepared = self.prepare(messages)?;
         self.check_length(prepared.ids.len())?;
         self.reset();
@@ -211,7 +206,23 @@ impl Engine {
         )?;
         let result = self.model.forward(&ids, &media, &mut self.state.cache);
         self.reset();
-        Ok((prepared.ids, result?.squeeze(0)?))
+        let logits = result?.squeeze(0)?;
+        let mut pixel_values = Vec::new();
+        let mut audio_features = Vec::new();
+        for (item, _) in prepared.media {
+            match item {
+                Media::Image(p) => pixel_values.push(p),
+                Media::AudioClip(c) => {
+                    audio_features.push(self.audio.features(&[c])?.features.squeeze(0)?)
+                }
+            }
+        }
+        Ok(PromptForward {
+            ids: prepared.ids,
+            logits,
+            pixel_values,
+            audio_features,
+        })
     }
 
     /// Last-position logits for `messages`, reusing the cached prefix of the previous call.

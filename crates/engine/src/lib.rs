@@ -12,7 +12,7 @@ pub mod sampling;
 pub mod stream;
 
 pub use chat::{load_messages, Message, Part, Role};
-pub use engine::{Engine, GenerationReport, Prefill, StopReason};
+pub use engine::{Engine, GenerationReport, Prefill, PromptForward, StopReason};
 pub use error::{Error, Result};
 pub use files::resolve_model;
 pub use gemma3n::{LoadOptions, WeightFormat};

@@ -325,6 +325,9 @@ impl Gemma3nModel {
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let t = ids.dim(1)?;
+        if t == 0 {
+            return Err(Error::Input("no tokens to run".into()));
+        }
         if cache.seq_len() + t > self.max_context() {
             return Err(Error::Input(format!(
                 "{} tokens exceed the model's context of {} tokens",

@@ -87,93 +87,39 @@ pub struct Arch {
     pub msfa_output_resolution: (usize, usize),
 }
 
-/// timm's `mobilenetv5_300m_enc` block list.
-const MOBILENETV5_300M: [&[&str]; 4] = [
+/// timm's `mobilenetv5_300m_enc` block list: per stage, runs of block strings repeated `n` times.
+const MOBILENETV5_300M: [&[(&[&str], usize)]; 4] = [
+    &[(&["er_r1_k3_s2_e4_c128"], 1), (&["er_r1_k3_s1_e4_c128"], 2)],
+    &[(
+        &[
+            "uir_r1_a3_k5_s2_e6_c256",
+            "uir_r1_a5_k0_s1_e4_c256",
+            "uir_r1_a3_k0_s1_e4_c256",
+            "uir_r1_a5_k0_s1_e4_c256",
+            "uir_r1_a3_k0_s1_e4_c256",
+        ],
+        1,
+    )],
     &[
-        "er_r1_k3_s2_e4_c128",
-        "er_r1_k3_s1_e4_c128",
-        "er_r1_k3_s1_e4_c128",
+        (
+            &[
+                "uir_r1_a5_k5_s2_e6_c640",
+                "uir_r7_a5_k0_s1_e4_c640",
+                "uir_r1_a0_k0_s1_e1_c640",
+            ],
+            1,
+        ),
+        (
+            &["mqa_r1_k3_h12_v2_s1_d64_c640", "uir_r1_a0_k0_s1_e2_c640"],
+            14,
+        ),
     ],
     &[
-        "uir_r1_a3_k5_s2_e6_c256",
-        "uir_r1_a5_k0_s1_e4_c256",
-        "uir_r1_a3_k0_s1_e4_c256",
-        "uir_r1_a5_k0_s1_e4_c256",
-        "uir_r1_a3_k0_s1_e4_c256",
-    ],
-    &[
-        "uir_r1_a5_k5_s2_e6_c640",
-        "uir_r7_a5_k0_s1_e4_c640",
-        "uir_r1_a0_k0_s1_e1_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-        "mqa_r1_k3_h12_v2_s1_d64_c640",
-        "uir_r1_a0_k0_s1_e2_c640",
-    ],
-    &[
-        "uir_r1_a5_k5_s2_e6_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
-        "mqa_r1_k3_h16_s1_d96_c1280",
-        "uir_r1_a0_k0_s1_e2_c1280",
+        (&["uir_r1_a5_k5_s2_e6_c1280"], 1),
+        (
+            &["mqa_r1_k3_h16_s1_d96_c1280", "uir_r1_a0_k0_s1_e2_c1280"],
+            19,
+        ),
     ],
 ];
 
@@ -375,10 +321,14 @@ impl Arch {
             Some(v) => parse_block_args(v)?,
             None => MOBILENETV5_300M
                 .iter()
-                .map(|stage| {
+                .map(|runs| {
                     let mut blocks = Vec::new();
-                    for s in stage.iter() {
-                        blocks.extend(decode_block_str(s)?);
+                    for &(pattern, times) in runs.iter() {
+                        for _ in 0..times {
+                            for s in pattern {
+                                blocks.extend(decode_block_str(s)?);
+                            }
+                        }
                     }
                     Ok(blocks)
                 })
