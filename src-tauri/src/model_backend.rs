@@ -16,14 +16,14 @@ pub struct ModelBackend {
 }
 
 impl ModelBackend {
-    pub fn load(dir: &Path, demo: bool) -> AppResult<Self> {
+    pub fn load(dir: &Path, demo: bool, options: &LoadOptions) -> AppResult<Self> {
         if !dir.join("config.json").is_file() {
             return Err(AppError::Model(format!(
                 "{} is not a model folder: it has no config.json",
                 dir.display()
             )));
         }
-        let engine = Engine::load(dir, &LoadOptions::default()).map_err(|e| {
+        let engine = Engine::load(dir, options).map_err(|e| {
             AppError::Model(format!("cannot load the model in {}: {e}", dir.display()))
         })?;
         let d = engine.default_sampling();
