@@ -1,9 +1,9 @@
 //! `gemma-chat`: talk to Gemma 3n from the terminal.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -96,6 +96,7 @@ impl ModelArgs {
             },
             device: gemma3n::parse_device(&self.device)?,
             threads: self.threads,
+            progress: None,
         })
     }
 }
@@ -280,7 +281,20 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn load_engine(args: &ModelArgs) -> Result<Engine> {
-    let opts = args.load_options()?;
+    let mut opts = args.load_options()?;
+    if std::io::stderr().is_terminal() {
+        // Whole percents only, so a large model does not flood the terminal.
+        let shown = Arc::new(std::sync::atomic::AtomicU32::new(u32::MAX));
+        opts.progress = Some(Arc::new(move |fraction| {
+            let percent = (fraction * 100.0) as u32;
+            if shown.swap(percent, Ordering::Relaxed) != percent {
+                eprint!("\rloading the model: {percent:3}%");
+                if percent == 100 {
+                    eprintln!();
+                }
+            }
+        }));
+    }
     let dir = engine::resolve_model(&args.model, true)?;
     Engine::load(&dir, &opts).with_context(|| format!("loading the model from {}", dir.display()))
 }
@@ -485,7 +499,7 @@ fn chat(args: ChatArgs) -> Result<()> {
             role: Role::User,
             content,
         });
-        cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        cancel.store(false, Ordering::Relaxed);
         let mut stdout = std::io::stdout().lock();
         match engine.generate(&messages, &params, &cancel, &mut |text| {
             let _ = stdout.write_all(text.as_bytes());
@@ -548,7 +562,7 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = flag.clone();
     ctrlc::set_handler(move || {
-        handler_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        handler_flag.store(true, Ordering::Relaxed);
     })
     .context("installing the Ctrl-C handler")?;
     Ok(flag)

@@ -2,10 +2,12 @@
 //! of the conversation it last answered, so that a follow-up turn only prefills what is new.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use candle_core::Tensor;
 use gemma3n::{Cache, Gemma3nModel, LoadOptions, MediaEmbeddings};
@@ -68,11 +70,81 @@ pub struct PromptForward {
     pub audio_features: Vec<Tensor>,
 }
 
-/// One media attachment after preprocessing, in prompt order.
+/// One media attachment after preprocessing, in prompt order, with a hash of its content.
+#[derive(Clone)]
 enum Media {
-    Image(Tensor),
+    Image {
+        pixels: Tensor,
+        hash: u64,
+    },
     /// One clip of at most the model's clip length (a long recording yields several).
-    AudioClip(Vec<f32>),
+    AudioClip {
+        samples: Vec<f32>,
+        hash: u64,
+    },
+}
+
+/// What one attachment file decodes to.
+struct DecodedFile {
+    media: Vec<Media>,
+    /// How a long recording was split, for the user.
+    split: Option<String>,
+}
+
+/// A file as it was when decoded: an edited file gets a new size or modification time.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FileStamp {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    /// `None` when the file cannot be inspected; decoding then reports the problem.
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+/// Attachments decoded by earlier turns, so that each turn of a conversation does not decode
+/// (and hash) every image and recording again.  Holds the files of the last prompt only.
+#[derive(Default)]
+struct MediaCache {
+    files: Mutex<HashMap<FileStamp, Arc<DecodedFile>>>,
+}
+
+impl MediaCache {
+    fn get_or_decode(
+        &self,
+        path: &Path,
+        used: &mut Vec<FileStamp>,
+        decode: impl FnOnce() -> Result<DecodedFile>,
+    ) -> Result<Arc<DecodedFile>> {
+        let Some(stamp) = FileStamp::of(path) else {
+            return decode().map(Arc::new);
+        };
+        used.push(stamp.clone());
+        if let Some(hit) = self.lock().get(&stamp) {
+            return Ok(hit.clone());
+        }
+        let decoded = Arc::new(decode()?);
+        self.lock().insert(stamp, decoded.clone());
+        Ok(decoded)
+    }
+
+    /// Forget files the latest prompt no longer refers to.
+    fn retain(&self, used: &[FileStamp]) {
+        self.lock().retain(|stamp, _| used.contains(stamp));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileStamp, Arc<DecodedFile>>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A conversation turned into ids plus the media that fill its soft-token runs.
@@ -128,6 +200,7 @@ pub struct Engine {
     defaults: SamplingParams,
     stop_ids: Vec<u32>,
     state: CachedConversation,
+    decoded: MediaCache,
 }
 
 impl Engine {
@@ -154,6 +227,7 @@ impl Engine {
             prompt,
             defaults,
             stop_ids,
+            decoded: MediaCache::default(),
         })
     }
 
@@ -211,9 +285,9 @@ impl Engine {
         let mut audio_features = Vec::new();
         for (item, _) in prepared.media {
             match item {
-                Media::Image(p) => pixel_values.push(p),
-                Media::AudioClip(c) => {
-                    audio_features.push(self.audio.features(&[c])?.features.squeeze(0)?)
+                Media::Image { pixels, .. } => pixel_values.push(pixels),
+                Media::AudioClip { samples, .. } => {
+                    audio_features.push(self.audio.features(&[samples])?.features.squeeze(0)?)
                 }
             }
         }
@@ -366,8 +440,8 @@ impl Engine {
                 continue;
             }
             match media {
-                Media::Image(p) => pixels.push(p.clone()),
-                Media::AudioClip(c) => clips.push(c.clone()),
+                Media::Image { pixels: p, .. } => pixels.push(p.clone()),
+                Media::AudioClip { samples, .. } => clips.push(samples.clone()),
             }
         }
         let images = if pixels.is_empty() {
@@ -392,29 +466,48 @@ impl Engine {
         let mut media = Vec::new();
         let mut audio_splits = Vec::new();
         let mut expanded = Vec::with_capacity(messages.len());
+        let mut used = Vec::new();
         for message in messages {
             let mut content = Vec::with_capacity(message.content.len());
             for part in &message.content {
-                match part {
-                    Part::Image { path } => {
-                        media.push(Media::Image(
-                            self.images
-                                .load_file(path)?
-                                .to_device(self.model.device())?,
-                        ));
-                        content.push(part.clone());
-                    }
-                    Part::Audio { path } => {
+                let decoded = match part {
+                    Part::Image { path } => self.decoded.get_or_decode(path, &mut used, || {
+                        let pixels = self.images.load_file(path)?;
+                        let hash = hash_floats(&pixels.flatten_all()?.to_vec1()?);
+                        let pixels = pixels.to_device(self.model.device())?;
+                        Ok(DecodedFile {
+                            media: vec![Media::Image { pixels, hash }],
+                            split: None,
+                        })
+                    })?,
+                    Part::Audio { path } => self.decoded.get_or_decode(path, &mut used, || {
                         let split = self.audio.load(path)?;
-                        if split.was_split() {
-                            audio_splits.push(format!("{}: {}", path.display(), split.describe()));
-                        }
-                        for clip in split.into_samples() {
-                            media.push(Media::AudioClip(clip));
-                            content.push(part.clone());
-                        }
+                        let description = split.was_split().then(|| split.describe());
+                        let media = split
+                            .into_samples()
+                            .into_iter()
+                            .map(|samples| Media::AudioClip {
+                                hash: hash_floats(&samples),
+                                samples,
+                            })
+                            .collect();
+                        Ok(DecodedFile {
+                            media,
+                            split: description,
+                        })
+                    })?,
+                    Part::Text { .. } => {
+                        content.push(part.clone());
+                        continue;
                     }
-                    Part::Text { .. } => content.push(part.clone()),
+                };
+                if let (Part::Audio { path }, Some(split)) = (part, &decoded.split) {
+                    audio_splits.push(format!("{}: {split}", path.display()));
+                }
+                // A long recording fills one audio slot per clip.
+                for item in &decoded.media {
+                    media.push(item.clone());
+                    content.push(part.clone());
                 }
             }
             expanded.push(Message {
@@ -422,6 +515,7 @@ impl Engine {
                 content,
             });
         }
+        self.decoded.retain(&used);
         let ids = self.prompt.encode(&expanded)?.ids;
         let cfg = self.model.config();
         let mut keys: Vec<u64> = ids.iter().map(|&id| u64::from(id)).collect();
@@ -429,11 +523,8 @@ impl Engine {
         let mut pos = 0;
         for item in &media {
             let (token, hash) = match item {
-                Media::Image(p) => (
-                    cfg.image_token_id,
-                    hash_floats(&p.flatten_all()?.to_vec1()?),
-                ),
-                Media::AudioClip(c) => (cfg.audio_token_id, hash_floats(c)),
+                Media::Image { hash, .. } => (cfg.image_token_id, *hash),
+                Media::AudioClip { hash, .. } => (cfg.audio_token_id, *hash),
             };
             let start = ids[pos..]
                 .iter()

@@ -118,16 +118,8 @@ fn follow_up_turn_reuses_the_cache_with_identical_logits() {
     let mut cold = engine("C");
     let fresh = cold.prefill(&second).unwrap();
     assert_eq!((fresh.prompt_tokens, fresh.reused_tokens), (prompt_len, 0));
-    let fresh_logits = fresh.logits;
-    let max_diff = reused_logits
-        .iter()
-        .zip(&fresh_logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        max_diff < 1e-4,
-        "cached vs fresh logits differ by {max_diff}"
-    );
+    let diff = max_diff(&reused_logits, &fresh.logits);
+    assert!(diff < 1e-4, "cached vs fresh logits differ by {diff}");
 
     // Regenerating the same prompt reuses all but the last position.
     let again = warm.prefill(&second).unwrap();
@@ -254,4 +246,46 @@ fn missing_model_files_are_reported_by_name() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_attachment_changed_on_disk_is_decoded_again() {
+    use engine::Part;
+    let dir = std::env::temp_dir().join(format!("engine-media-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("photo.png");
+    let fixture = fixtures::fixture_dir("C");
+    std::fs::copy(fixture.join("image.png"), &path).unwrap();
+    let conversation = vec![Message {
+        role: Role::User,
+        content: vec![
+            Part::Image { path: path.clone() },
+            Part::Text {
+                text: "What is in this picture?".into(),
+            },
+        ],
+    }];
+
+    let mut warm = engine("C");
+    let first = warm.prefill(&conversation).unwrap();
+    let again = warm.prefill(&conversation).unwrap();
+    assert_eq!(again.reused_tokens, again.prompt_tokens - 1);
+    assert!(max_diff(&again.logits, &first.logits) < 1e-4);
+
+    // Same path, new picture: neither the decoded image nor its KV entries may be reused.
+    std::fs::copy(fixture.join("image_exact.png"), &path).unwrap();
+    let changed = warm.prefill(&conversation).unwrap();
+    let fresh = engine("C").prefill(&conversation).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(changed.reused_tokens < fresh.prompt_tokens - 1);
+    let diff = max_diff(&changed.logits, &fresh.logits);
+    assert!(diff < 1e-4, "stale image: logits differ by {diff}");
+    assert!(max_diff(&first.logits, &changed.logits) > 1e-2);
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

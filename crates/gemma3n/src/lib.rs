@@ -20,7 +20,7 @@ pub mod vision;
 pub use audio::{AudioEncoder, AudioEncoding};
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;
-pub use loader::{Checkpoint, EmbeddingTable};
+pub use loader::{Checkpoint, EmbeddingTable, ProgressFn};
 pub use model::{parse_device, Gemma3nModel, LoadOptions, MediaEmbeddings};
 pub use quant::{QLinear, WeightFormat};
 

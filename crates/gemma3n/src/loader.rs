@@ -6,9 +6,11 @@
 //! a confusing failure deep inside model construction.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -44,6 +46,47 @@ pub struct Checkpoint {
     maps: Arc<Vec<Mmap>>,
     handles: Arc<Vec<File>>,
     index: Arc<HashMap<String, Entry>>,
+    progress: Option<Arc<ReadProgress>>,
+}
+
+/// Called with the fraction (0..=1) of the weights read so far while a model loads.
+pub type ProgressFn = Arc<dyn Fn(f32) + Send + Sync>;
+
+/// Bytes read against the bytes a load is expected to read; reports stop at [`Self::finish`] so
+/// that towers loaded later do not move a finished bar.
+struct ReadProgress {
+    total: u64,
+    done: AtomicU64,
+    report: Mutex<Option<ProgressFn>>,
+}
+
+impl fmt::Debug for ReadProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadProgress")
+            .field("total", &self.total)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadProgress {
+    fn add(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if let Some(report) = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            report((done as f64 / self.total.max(1) as f64).min(1.0) as f32);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(report) = self.report.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            report(1.0);
+        }
+    }
 }
 
 impl Checkpoint {
@@ -65,7 +108,39 @@ impl Checkpoint {
             maps: Arc::new(maps),
             handles: Arc::new(handles),
             index: Arc::new(index),
+            progress: None,
         })
+    }
+
+    /// Report reads to `report` as a fraction of the bytes of the tensors `counted` selects,
+    /// until [`Self::finish_progress`].
+    pub fn with_progress(mut self, counted: impl Fn(&str) -> bool, report: ProgressFn) -> Self {
+        let total = self
+            .index
+            .iter()
+            .filter(|(name, _)| counted(name))
+            .map(|(_, e)| (e.end - e.start) as u64)
+            .sum();
+        self.progress = Some(Arc::new(ReadProgress {
+            total,
+            done: AtomicU64::new(0),
+            report: Mutex::new(Some(report)),
+        }));
+        self
+    }
+
+    /// Count bytes consumed other than through a tensor read (a table packed from the map).
+    pub fn note_read(&self, bytes: usize) {
+        if let Some(p) = &self.progress {
+            p.add(bytes as u64);
+        }
+    }
+
+    /// Report completion and stop reporting.
+    pub fn finish_progress(&self) {
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
     }
 
     /// A var builder over the checkpoint; tensors are read and converted to `dtype` when fetched.
@@ -107,6 +182,7 @@ impl Checkpoint {
         let mut bytes = vec![0u8; e.end - e.start];
         read_at(&self.handles[e.file], &mut bytes, e.start as u64)
             .map_err(|err| candle_core::Error::Msg(format!("reading {name}: {err}")))?;
+        self.note_read(bytes.len());
         Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &Device::Cpu)
     }
 }
@@ -159,6 +235,11 @@ impl EmbeddingTable {
 
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Size of the whole table in the file.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.cols * self.dtype.size_in_bytes()
     }
 
     fn row_bytes(&self, row: usize) -> &[u8] {

@@ -1,6 +1,7 @@
 //! `Gemma3nForConditionalGeneration`: the decoder, the multimodal embedders and (loaded on first
 //! use) the towers, behind one entry point that turns token ids plus media into logits.
 
+use std::fmt;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -11,14 +12,14 @@ use crate::audio::{AudioEncoder, AudioEncoding, AudioTrace};
 use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
-use crate::loader::Checkpoint;
+use crate::loader::{Checkpoint, ProgressFn};
 use crate::quant::WeightFormat;
 use crate::text::{TextModel, Trace};
 use crate::vision::{Arch, VisionTower};
 use crate::{Error, Result};
 
-/// How to load a model: weight storage, device, and CPU threads.
-#[derive(Debug, Clone)]
+/// How to load a model: weight storage, device, CPU threads, and a progress report.
+#[derive(Clone)]
 pub struct LoadOptions {
     /// Storage of the decoder's matrices.  `Dense` keeps them as candle tensors in `dtype`; the
     /// packed formats (CPU only) keep f32 activations, norms and softmax.
@@ -29,6 +30,20 @@ pub struct LoadOptions {
     /// Size of the rayon pool that candle and the packed kernels use; `None` leaves the pool as
     /// configured (rayon's default, or `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,
+    /// Told the fraction of the decoder's weights read so far (towers load later, on first use).
+    pub progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("weights", &self.weights)
+            .field("dtype", &self.dtype)
+            .field("device", &self.device)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for LoadOptions {
@@ -38,6 +53,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             threads: None,
+            progress: None,
         }
     }
 }
@@ -134,12 +150,23 @@ impl Gemma3nModel {
     pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         opts.apply_threads()?;
         let cfg = Gemma3nConfig::from_file(&dir.join("config.json"))?;
-        let checkpoint = Checkpoint::open(dir)?;
+        let mut checkpoint = Checkpoint::open(dir)?;
+        if let Some(report) = &opts.progress {
+            // Everything the decoder and embedders read whole; the per-layer table is gathered.
+            let counted = |name: &str| {
+                !name.starts_with("model.vision_tower.")
+                    && !name.starts_with("model.audio_tower.")
+                    && !name.ends_with("embed_tokens_per_layer.weight")
+            };
+            checkpoint = checkpoint.with_progress(counted, report.clone());
+        }
         let packed = opts.weights != WeightFormat::Dense && opts.device.is_cpu();
         // Packed weights run with f32 activations; the dense path uses the requested dtype.
         let dtype = if packed { DType::F32 } else { opts.dtype };
         let vb = checkpoint.var_builder(dtype, &opts.device)?;
-        Self::new(&cfg, vb, &checkpoint, opts.weights)
+        let model = Self::new(&cfg, vb, &checkpoint, opts.weights)?;
+        checkpoint.finish_progress();
+        Ok(model)
     }
 
     pub fn new(

@@ -530,7 +530,9 @@ impl TextModel {
         let lm_head = if fmt == WeightFormat::Dense || !dev.is_cpu() {
             QLinear::Dense(linear(d, cfg.vocab_size, vb.pp("embed_tokens"))?)
         } else {
-            lm_head_from_table(&embed_tokens, fmt)
+            let head = lm_head_from_table(&embed_tokens, fmt);
+            checkpoint.note_read(embed_tokens.bytes());
+            head
         };
         let projections = |name: &str| -> Result<Vec<QLinear>> {
             (0..n.saturating_sub(1))

@@ -92,3 +92,35 @@ fn missing_config_is_reported() {
     let err = load_err(&dir);
     assert!(err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn load_progress_rises_to_one_and_stops_there() {
+    use std::sync::{Arc, Mutex};
+    for weights in [gemma3n::WeightFormat::Dense, gemma3n::WeightFormat::Q8_0] {
+        let seen = Arc::new(Mutex::new(Vec::<f32>::new()));
+        let sink = seen.clone();
+        let opts = gemma3n::LoadOptions {
+            weights,
+            progress: Some(Arc::new(move |f| sink.lock().unwrap().push(f))),
+            ..Default::default()
+        };
+        let model = Gemma3nModel::load_with(&model_dir("C"), &opts).expect("load");
+        let reports = seen.lock().unwrap().clone();
+        assert!(
+            reports.len() > 10,
+            "{weights}: only {} reports",
+            reports.len()
+        );
+        assert!(
+            reports.windows(2).all(|w| w[0] <= w[1]),
+            "{weights}: progress went backwards: {reports:?}"
+        );
+        assert!(reports.iter().all(|f| (0.0..=1.0).contains(f)));
+        // Nearly everything counted is read before the final report.
+        assert!(reports[reports.len() - 2] > 0.9, "{weights}: {reports:?}");
+        assert_eq!(reports.last(), Some(&1.0));
+        // Loading a tower afterwards does not move a finished bar.
+        model.audio_tower().expect("audio tower");
+        assert_eq!(seen.lock().unwrap().len(), reports.len());
+    }
+}
