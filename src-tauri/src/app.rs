@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 use engine::chat::{Message, Part, Role as EngineRole};
 use serde::Serialize;
 
-use crate::backend::{ChatBackend, ReplyStats, Sampling, StopReason};
+use crate::backend::{ChatBackend, ReplyStats, StopReason};
 use crate::error::{AppError, AppResult};
 use crate::model_backend::ModelBackend;
 use crate::models::{DownloadEvent, Downloads, LoadSettings, ModelsOverview, Tokens, KNOWN};
 use crate::recorder::Recorder;
 use crate::store::{Attachment, AttachmentKind, Conversation, Role, Status, Store};
 use crate::worker::{panic_message, ModelStatus, Reservation, Worker};
+use engine::LoadOptions;
+use engine::SamplingParams;
 
 /// What a streaming reply sends to the UI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,7 +77,11 @@ impl AppState {
         let options = self.load_settings().to_options()?;
         self.worker.load(
             dir.display().to_string(),
-            Box::new(move || {
+            Box::new(move |progress| {
+                let options = LoadOptions {
+                    progress: Some(progress),
+                    ..options
+                };
                 Ok(Box::new(ModelBackend::load(&dir, demo, &options)?) as Box<dyn ChatBackend>)
             }),
         )
@@ -116,18 +122,17 @@ impl AppState {
                 "{repo_id} is not one of the models the app offers"
             )));
         }
-        self.downloads
-            .start(repo_id, self.tokens.token(), on_event)
+        self.downloads.start(repo_id, self.tokens.token(), on_event)
     }
 
     /// The sampling a conversation uses: its own, else the model's defaults.
-    fn sampling(&self, conversation: &Conversation) -> Sampling {
+    fn sampling(&self, conversation: &Conversation) -> SamplingParams {
         conversation
             .sampling
             .clone()
             .unwrap_or_else(|| match self.worker.status() {
                 ModelStatus::Ready { model } => model.defaults,
-                _ => Sampling::default(),
+                _ => SamplingParams::default(),
             })
     }
 

@@ -4,11 +4,12 @@ use tauri::ipc::{Channel, InvokeBody, Request, Response};
 use tauri::State;
 
 use crate::app::{AppState, Exported, ReplyStarted, StreamEvent, DEFAULT_TITLE};
-use crate::backend::Sampling;
+use crate::backend::validate_sampling;
 use crate::error::{AppError, AppResult};
 use crate::models::{DownloadEvent, LoadSettings, ModelsOverview, TokenState};
 use crate::store::{Attachment, Conversation, ConversationSummary};
 use crate::worker::ModelStatus;
+use engine::SamplingParams;
 
 fn sender(channel: Channel<StreamEvent>) -> impl Fn(StreamEvent) + Send + 'static {
     move |event| {
@@ -112,10 +113,10 @@ pub fn set_system_prompt(state: State<'_, AppState>, id: i64, prompt: String) ->
 pub fn set_sampling(
     state: State<'_, AppState>,
     id: i64,
-    sampling: Option<Sampling>,
+    sampling: Option<SamplingParams>,
 ) -> AppResult<()> {
     if let Some(s) = &sampling {
-        s.validate()?;
+        validate_sampling(s)?;
     }
     state.store.set_sampling(id, sampling.as_ref())
 }

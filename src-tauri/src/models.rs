@@ -131,7 +131,9 @@ impl TokenStore for Keychain {
     }
 
     fn set(&self, token: &str) -> Result<(), String> {
-        Self::entry()?.set_password(token).map_err(|e| e.to_string())
+        Self::entry()?
+            .set_password(token)
+            .map_err(|e| e.to_string())
     }
 
     fn delete(&self) -> Result<(), String> {
@@ -230,9 +232,7 @@ pub type SourceFactory =
     Box<dyn Fn(Option<String>) -> engine::Result<Box<dyn Source>> + Send + Sync>;
 
 pub fn hub_sources() -> SourceFactory {
-    Box::new(|token| {
-        Ok(Box::new(download::HubSource::new(None, token)?) as Box<dyn Source>)
-    })
+    Box::new(|token| Ok(Box::new(download::HubSource::new(None, token)?) as Box<dyn Source>))
 }
 
 /// One download at a time, into hf-hub's cache.
@@ -274,7 +274,7 @@ impl Downloads {
                 ram_measured: k.ram_measured,
                 local_path: engine::cached_model(&self.cache, k.id)
                     .map(|p| p.display().to_string()),
-                partial_bytes: partial_bytes(&self.cache, k.id),
+                partial_bytes: download::partial_bytes(&self.cache, k.id),
             })
             .collect()
     }
@@ -295,7 +295,11 @@ impl Downloads {
         let source = (self.sources)(token).map_err(|e| AppError::Download(e.to_string()))?;
         let cancel = Arc::new(AtomicBool::new(false));
         *running = Some((repo_id.to_string(), cancel.clone()));
-        let (cache, repo_id, slot) = (self.cache.clone(), repo_id.to_string(), self.running.clone());
+        let (cache, repo_id, slot) = (
+            self.cache.clone(),
+            repo_id.to_string(),
+            self.running.clone(),
+        );
         std::thread::Builder::new()
             .name("download".into())
             .spawn(move || {
@@ -333,22 +337,6 @@ impl Downloads {
             cancel.store(true, Ordering::SeqCst);
         }
     }
-}
-
-fn partial_bytes(cache: &Cache, repo_id: &str) -> u64 {
-    let blobs = cache
-        .path()
-        .join(hf_hub::Repo::model(repo_id.to_string()).folder_name())
-        .join("blobs");
-    std::fs::read_dir(blobs)
-        .map(|dir| {
-            dir.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Weight format and threads for the next model load (the CLI's `--quant` and `--threads`).

@@ -18,11 +18,11 @@ use crate::backend::scripted::ScriptedBackend;
 use crate::backend::{ChatBackend, StopReason};
 use crate::error::AppError;
 use crate::models::{DownloadEvent, Downloads, TokenStore, Tokens};
-use engine::download::{Body, Listing, RemoteFile, Source};
-use hf_hub::Cache;
 use crate::recorder::{FileSource, Recorder, Unavailable};
 use crate::store::{Attachment, Status, Store};
 use crate::worker::{ModelStatus, Worker};
+use engine::download::{Body, Listing, RemoteFile, Source};
+use hf_hub::Cache;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,7 +46,7 @@ fn state(dir: &Path, backend: ScriptedBackend, recorder: Box<dyn Recorder>) -> A
     worker
         .load(
             "scripted".into(),
-            Box::new(move || Ok(Box::new(backend) as Box<dyn ChatBackend>)),
+            Box::new(move |_| Ok(Box::new(backend) as Box<dyn ChatBackend>)),
         )
         .unwrap();
     wait_for("the model", || {
@@ -365,17 +365,14 @@ fn no_model_means_a_clear_refusal() {
         worker: Worker::spawn(|_| {}),
         recorder: Mutex::new(Box::new(Unavailable)),
         exports_dir: dir.path().join("exports"),
+        downloads: Downloads::new(
+            Cache::new(dir.path().join("hub")),
+            FakeHub::sources(FakeHub::ok()),
+        ),
+        tokens: Tokens::new(Box::new(MemoryTokens::default())),
     };
-    s.worker
-        .load(
-            "/missing".into(),
-            Box::new(|| {
-                Err(AppError::Model(
-                    "/missing is not a model folder: it has no config.json".into(),
-                ))
-            }),
-        )
-        .unwrap();
+    // A model folder that has gone missing since it was last used.
+    s.load_model("/missing".into(), false).unwrap();
     wait_for("the load", || {
         matches!(s.worker.status(), ModelStatus::Failed { .. })
     });
@@ -534,12 +531,12 @@ impl TokenStore for NoKeychain {
     }
 }
 
-/// Serves a tiny repo from memory; the weights arrive in pieces, and after the first piece the
-/// reader waits for `release` (so a test can cancel at a known point) and then, if `fail`,
-/// breaks like a dropped connection.
+/// Serves a tiny repo from memory; the weights arrive in pieces, and with a `Gate` the reader
+/// stops after the first piece until the test lets it go (so a test can cancel at a known
+/// point), then, if `fail`, breaks like a dropped connection.
 struct FakeHub {
     weights: Vec<u8>,
-    release: Mutex<Option<Receiver<()>>>,
+    gate: Mutex<Option<Gate>>,
     fail: bool,
     tokens_seen: Mutex<Vec<Option<String>>>,
 }
@@ -550,26 +547,29 @@ impl FakeHub {
     fn ok() -> Arc<Self> {
         Arc::new(Self {
             weights: vec![7; 200_000],
-            release: Mutex::new(None),
+            gate: Mutex::new(None),
             fail: false,
             tokens_seen: Mutex::default(),
         })
     }
 
-    fn gated(fail: bool) -> (Arc<Self>, std::sync::mpsc::Sender<()>) {
-        let (tx, rx) = channel();
+    fn gated(fail: bool) -> (Arc<Self>, GateKey) {
+        let ((waiting_tx, waiting), (go, go_rx)) = (channel(), channel());
         let hub = Self {
-            release: Mutex::new(Some(rx)),
+            gate: Mutex::new(Some(Gate {
+                waiting: waiting_tx,
+                go: go_rx,
+            })),
             fail,
             ..Arc::into_inner(Self::ok()).unwrap()
         };
-        (Arc::new(hub), tx)
+        (Arc::new(hub), GateKey { waiting, go })
     }
 
     fn sources(hub: Arc<Self>) -> crate::models::SourceFactory {
         Box::new(move |token| {
             hub.tokens_seen.lock().unwrap().push(token);
-            Ok(Box::new(hub.clone()) as Box<dyn Source>)
+            Ok(Box::new(Served(hub.clone())) as Box<dyn Source>)
         })
     }
 
@@ -582,18 +582,31 @@ impl FakeHub {
     }
 }
 
+/// The reader's side: says it is waiting, then waits.
+struct Gate {
+    waiting: std::sync::mpsc::Sender<()>,
+    go: Receiver<()>,
+}
+
+/// The test's side.
+struct GateKey {
+    waiting: Receiver<()>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
 struct Pieces {
     bytes: Vec<u8>,
     at: usize,
-    release: Option<Receiver<()>>,
+    gate: Option<Gate>,
     fail: bool,
 }
 
 impl std::io::Read for Pieces {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.at > 0 {
-            if let Some(release) = self.release.take() {
-                let _ = release.recv();
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.waiting.send(());
+                let _ = gate.go.recv();
                 if self.fail {
                     return Err(std::io::ErrorKind::ConnectionReset.into());
                 }
@@ -606,11 +619,15 @@ impl std::io::Read for Pieces {
     }
 }
 
-impl Source for Arc<FakeHub> {
+/// What a download reads from (a local trait needs a local type).
+struct Served(Arc<FakeHub>);
+
+impl Source for Served {
     fn listing(&self, _repo_id: &str) -> engine::Result<Listing> {
         Ok(Listing {
             commit: "c0ffee".into(),
             files: self
+                .0
                 .files()
                 .into_iter()
                 .enumerate()
@@ -625,21 +642,34 @@ impl Source for Arc<FakeHub> {
     }
 
     fn open(&self, _: &str, _: &str, file: &str, offset: u64) -> engine::Result<Body> {
-        let bytes = self.files().into_iter().find(|(n, _)| *n == file).unwrap().1;
+        let bytes = self
+            .0
+            .files()
+            .into_iter()
+            .find(|(n, _)| *n == file)
+            .unwrap()
+            .1;
         let weights = file == "model.safetensors";
         Ok(Body {
             reader: Box::new(Pieces {
                 bytes: bytes[offset as usize..].to_vec(),
                 at: 0,
-                release: if weights { self.release.lock().unwrap().take() } else { None },
-                fail: self.fail,
+                gate: if weights {
+                    self.0.gate.lock().unwrap().take()
+                } else {
+                    None
+                },
+                fail: self.0.fail,
             }),
             offset,
         })
     }
 }
 
-fn download_events() -> (impl Fn(DownloadEvent) + Send + 'static, Receiver<DownloadEvent>) {
+fn download_events() -> (
+    impl Fn(DownloadEvent) + Send + 'static,
+    Receiver<DownloadEvent>,
+) {
     let (tx, rx) = channel();
     (move |e| tx.send(e).unwrap(), rx)
 }
@@ -648,7 +678,9 @@ fn download_events() -> (impl Fn(DownloadEvent) + Send + 'static, Receiver<Downl
 fn until_end(rx: &Receiver<DownloadEvent>) -> Vec<DownloadEvent> {
     let mut events = Vec::new();
     loop {
-        let e = rx.recv_timeout(Duration::from_secs(20)).expect("download ended");
+        let e = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("download ended");
         let end = !matches!(e, DownloadEvent::Progress { .. });
         events.push(e);
         if end {
@@ -660,7 +692,11 @@ fn until_end(rx: &Receiver<DownloadEvent>) -> Vec<DownloadEvent> {
 #[test]
 fn a_download_reports_progress_and_the_model_is_then_present_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let (_app, w) = mock_app(state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable)));
+    let (_app, w) = mock_app(state(
+        dir.path(),
+        ScriptedBackend::new(&[]),
+        Box::new(Unavailable),
+    ));
     let overview = invoke(&w, "models_overview", json!({})).unwrap();
     assert_eq!(overview["choices"][0]["id"], E2B);
     assert_eq!(overview["choices"][0]["localPath"], Value::Null);
@@ -668,8 +704,12 @@ fn a_download_reports_progress_and_the_model_is_then_present_offline() {
     assert!(overview["freeBytes"].as_u64().unwrap() > 0);
     assert_eq!(overview["token"]["keychain"], true);
 
-    let err = invoke(&w, "download_model", json!({"repoId": "someone/else", "onEvent": "__CHANNEL__:1"}))
-        .unwrap_err();
+    let err = invoke(
+        &w,
+        "download_model",
+        json!({"repoId": "someone/else", "onEvent": "__CHANNEL__:1"}),
+    )
+    .unwrap_err();
     assert_eq!(err["kind"], "invalidInput");
 
     let state = _app.state::<AppState>();
@@ -690,41 +730,38 @@ fn a_download_reports_progress_and_the_model_is_then_present_offline() {
     assert_eq!(overview["downloading"], Value::Null);
     // The downloaded folder is what `open_model` loads.
     invoke(&w, "open_model", json!({"path": path})).unwrap();
-    assert_eq!(state.store.setting("model_dir").unwrap().as_deref(), Some(path.as_str()));
+    assert_eq!(
+        state.store.setting("model_dir").unwrap().as_deref(),
+        Some(path.as_str())
+    );
 }
 
 #[test]
 fn cancel_keeps_the_partial_download_and_a_failed_one_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable));
-    let (hub, release) = FakeHub::gated(false);
+    let (hub, key) = FakeHub::gated(false);
     s.downloads = Downloads::new(Cache::new(dir.path().join("hub")), FakeHub::sources(hub));
     let (tx, rx) = download_events();
     s.download_model(E2B, tx).unwrap();
-    // The first piece of the weights has arrived; the reader now waits.
-    loop {
-        match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
-            DownloadEvent::Progress { progress } if progress.file == "model.safetensors" => break,
-            DownloadEvent::Progress { .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    // The first piece of the weights is on disk; the reader now waits for the second.
+    key.waiting.recv_timeout(Duration::from_secs(20)).unwrap();
     let (tx2, _rx2) = download_events();
     let busy = s.download_model(E2B, tx2).unwrap_err();
     assert!(busy.to_string().contains("already downloading"), "{busy}");
     s.downloads.cancel();
-    release.send(()).unwrap();
+    key.go.send(()).unwrap();
     assert_eq!(until_end(&rx).last(), Some(&DownloadEvent::Cancelled));
     let choice = &s.models_overview().choices[0];
     assert_eq!(choice.local_path, None);
     assert_eq!(choice.partial_bytes, 100_000);
 
     // The next try breaks mid-file: a clear error, the partial file grows, nothing complete.
-    let (hub, release) = FakeHub::gated(true);
+    let (hub, key) = FakeHub::gated(true);
     s.downloads = Downloads::new(Cache::new(dir.path().join("hub")), FakeHub::sources(hub));
     let (tx, rx) = download_events();
     s.download_model(E2B, tx).unwrap();
-    release.send(()).unwrap();
+    key.go.send(()).unwrap();
     let Some(DownloadEvent::Error { error }) = until_end(&rx).pop() else {
         panic!("the download should fail")
     };
@@ -736,9 +773,15 @@ fn cancel_keeps_the_partial_download_and_a_failed_one_says_why() {
 
     // And the third completes from there.
     let (tx, rx) = download_events();
-    s.downloads = Downloads::new(Cache::new(dir.path().join("hub")), FakeHub::sources(FakeHub::ok()));
+    s.downloads = Downloads::new(
+        Cache::new(dir.path().join("hub")),
+        FakeHub::sources(FakeHub::ok()),
+    );
     s.download_model(E2B, tx).unwrap();
-    assert!(matches!(until_end(&rx).last(), Some(DownloadEvent::Done { .. })));
+    assert!(matches!(
+        until_end(&rx).last(),
+        Some(DownloadEvent::Done { .. })
+    ));
     assert_eq!(s.models_overview().choices[0].partial_bytes, 0);
 }
 
@@ -747,13 +790,19 @@ fn the_token_goes_to_the_keychain_or_lasts_the_session_without_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable));
     let hub = FakeHub::ok();
-    s.downloads = Downloads::new(Cache::new(dir.path().join("hub")), FakeHub::sources(hub.clone()));
+    s.downloads = Downloads::new(
+        Cache::new(dir.path().join("hub")),
+        FakeHub::sources(hub.clone()),
+    );
     let saved = s.tokens.save(" hf_abc ").unwrap();
     assert!(saved.saved && saved.keychain && saved.message.is_none());
     let (tx, rx) = download_events();
     s.download_model(E2B, tx).unwrap();
     until_end(&rx);
-    assert_eq!(hub.tokens_seen.lock().unwrap()[0].as_deref(), Some("hf_abc"));
+    assert_eq!(
+        hub.tokens_seen.lock().unwrap()[0].as_deref(),
+        Some("hf_abc")
+    );
     assert!(!s.tokens.forget().saved);
     assert_eq!(s.tokens.save("  ").unwrap_err().kind(), "invalidInput");
 
@@ -762,7 +811,10 @@ fn the_token_goes_to_the_keychain_or_lasts_the_session_without_one() {
     let state = tokens.save("hf_session").unwrap();
     assert!(state.saved && !state.keychain);
     let message = state.message.unwrap();
-    assert!(message.contains("No OS keychain") && message.contains("session only"), "{message}");
+    assert!(
+        message.contains("No OS keychain") && message.contains("session only"),
+        "{message}"
+    );
     assert_eq!(tokens.token().as_deref(), Some("hf_session"));
     assert!(tokens.state().saved);
     assert!(!tokens.forget().saved);
@@ -772,25 +824,64 @@ fn the_token_goes_to_the_keychain_or_lasts_the_session_without_one() {
 #[test]
 fn load_settings_are_checked_saved_and_used_for_the_next_load() {
     let dir = tempfile::tempdir().unwrap();
-    let (app, w) = mock_app(state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable)));
-    let err = invoke(&w, "set_load_settings", json!({"settings": {"weights": "q3", "threads": 2}}))
-        .unwrap_err();
+    let (app, w) = mock_app(state(
+        dir.path(),
+        ScriptedBackend::new(&[]),
+        Box::new(Unavailable),
+    ));
+    let err = invoke(
+        &w,
+        "set_load_settings",
+        json!({"settings": {"weights": "q3", "threads": 2}}),
+    )
+    .unwrap_err();
     assert!(err["message"].as_str().unwrap().contains("q4k"), "{err}");
-    let err = invoke(&w, "set_load_settings", json!({"settings": {"weights": "q8_0", "threads": 0}}))
-        .unwrap_err();
-    assert!(err["message"].as_str().unwrap().contains("threads"), "{err}");
-    invoke(&w, "set_load_settings", json!({"settings": {"weights": "q4k", "threads": 2}})).unwrap();
+    let err = invoke(
+        &w,
+        "set_load_settings",
+        json!({"settings": {"weights": "q8_0", "threads": 0}}),
+    )
+    .unwrap_err();
+    assert!(
+        err["message"].as_str().unwrap().contains("threads"),
+        "{err}"
+    );
+    invoke(
+        &w,
+        "set_load_settings",
+        json!({"settings": {"weights": "q4k", "threads": 2}}),
+    )
+    .unwrap();
     let overview = invoke(&w, "models_overview", json!({})).unwrap();
-    assert_eq!(overview["loadSettings"], json!({"weights": "q4k", "threads": 2}));
-    let options = app.state::<AppState>().load_settings().to_options().unwrap();
+    assert_eq!(
+        overview["loadSettings"],
+        json!({"weights": "q4k", "threads": 2})
+    );
+    let options = app
+        .state::<AppState>()
+        .load_settings()
+        .to_options()
+        .unwrap();
     assert_eq!(options.weights, engine::WeightFormat::Q4K);
     assert_eq!(options.threads, Some(2));
 
     // The real model loads with them; a missing folder is refused before anything changes.
     let err = invoke(&w, "open_model", json!({"path": "/no/such/model"})).unwrap_err();
-    assert!(err["message"].as_str().unwrap().contains("not a model folder"), "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a model folder"),
+        "{err}"
+    );
     invoke(&w, "open_model", json!({"path": fixture("model")})).unwrap();
     let state = app.state::<AppState>();
-    wait_for("the model", || !matches!(state.worker.status(), ModelStatus::Loading { .. }));
-    assert!(matches!(state.worker.status(), ModelStatus::Ready { .. }), "{:?}", state.worker.status());
+    wait_for("the model", || {
+        !matches!(state.worker.status(), ModelStatus::Loading { .. })
+    });
+    assert!(
+        matches!(state.worker.status(), ModelStatus::Ready { .. }),
+        "{:?}",
+        state.worker.status()
+    );
 }

@@ -274,7 +274,9 @@ impl Meter {
 
 /// The cache folder of one repo.
 fn repo_dir(cache: &Cache, repo_id: &str) -> PathBuf {
-    cache.path().join(Repo::model(repo_id.to_string()).folder_name())
+    cache
+        .path()
+        .join(Repo::model(repo_id.to_string()).folder_name())
 }
 
 /// Bytes of `listing` not yet on disk, counting partial files as far as they go.
@@ -290,6 +292,19 @@ pub fn missing_bytes(cache: &Cache, repo_id: &str, listing: &Listing) -> u64 {
             f.size.saturating_sub(have)
         })
         .sum()
+}
+
+/// Bytes that interrupted downloads of `repo_id` left, for the next run to continue.
+pub fn partial_bytes(cache: &Cache, repo_id: &str) -> u64 {
+    std::fs::read_dir(repo_dir(cache, repo_id).join("blobs"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Free space where `path` is, or its nearest existing parent.
@@ -365,8 +380,7 @@ pub fn download(
             let mut started = false;
             let mut on_chunk = |file_done: u64, n: u64| {
                 meter.add(n);
-                if meter.due() || !std::mem::replace(&mut started, true) || file_done == file.size
-                {
+                if meter.due() || !std::mem::replace(&mut started, true) || file_done == file.size {
                     let done = done_bytes + file_done;
                     let speed = meter.bytes_per_second();
                     on_progress(&Progress {
@@ -378,7 +392,15 @@ pub fn download(
                     });
                 }
             };
-            if !fetch(source, repo_id, &listing.commit, file, &part, cancel, &mut on_chunk)? {
+            if !fetch(
+                source,
+                repo_id,
+                &listing.commit,
+                file,
+                &part,
+                cancel,
+                &mut on_chunk,
+            )? {
                 return Ok(Outcome::Cancelled);
             }
             std::fs::rename(&part, &blob)?;

@@ -41,7 +41,11 @@ impl FakeHub {
         let weights: Vec<u8> = (0..WEIGHTS_SIZE).map(|i| (i * 7 % 251) as u8).collect();
         let hub = Arc::new(Self {
             files: vec![
-                ("config.json".into(), br#"{"model_type":"gemma3n"}"#.to_vec(), false),
+                (
+                    "config.json".into(),
+                    br#"{"model_type":"gemma3n"}"#.to_vec(),
+                    false,
+                ),
                 ("tokenizer.json".into(), b"{}".to_vec(), false),
                 (WEIGHTS.into(), weights, true),
                 ("README.md".into(), b"# not wanted".to_vec(), false),
@@ -93,7 +97,10 @@ impl FakeHub {
             let value = value.trim();
             match name.to_ascii_lowercase().as_str() {
                 "range" => {
-                    range = value["bytes=".len()..].trim_end_matches('-').parse().unwrap();
+                    range = value["bytes=".len()..]
+                        .trim_end_matches('-')
+                        .parse()
+                        .unwrap();
                 }
                 "authorization" => auth = Some(value.trim_start_matches("Bearer ").to_string()),
                 _ => {}
@@ -222,7 +229,10 @@ fn downloads_into_the_hf_hub_cache_with_progress() {
     assert_complete(&hub, &cache, r.outcome);
     let total = (WEIGHTS_SIZE + 2 + r#"{"model_type":"gemma3n"}"#.len()) as u64;
     assert!(r.progress.len() >= 3, "{:?}", r.progress);
-    assert!(r.progress.windows(2).all(|w| w[0].done_bytes <= w[1].done_bytes));
+    assert!(r
+        .progress
+        .windows(2)
+        .all(|w| w[0].done_bytes <= w[1].done_bytes));
     assert!(r.progress.iter().all(|p| p.total_bytes == total));
     assert_eq!(r.progress.last().unwrap().done_bytes, total);
     // Present: a second run only lists the repo.
