@@ -235,11 +235,18 @@ pub fn hub_sources() -> SourceFactory {
     Box::new(|token| Ok(Box::new(download::HubSource::new(None, token)?) as Box<dyn Source>))
 }
 
+/// The download under way: its repo, and the flag that stops it.
+struct Running {
+    repo_id: String,
+    cancel: Arc<AtomicBool>,
+}
+
 /// One download at a time, into hf-hub's cache.
 pub struct Downloads {
     pub cache: Cache,
     sources: SourceFactory,
-    running: Arc<Mutex<Option<(String, Arc<AtomicBool>)>>>,
+    /// Shared with the download thread, which empties it when done.
+    slot: Arc<Mutex<Option<Running>>>,
 }
 
 impl Downloads {
@@ -247,16 +254,16 @@ impl Downloads {
         Self {
             cache,
             sources,
-            running: Arc::default(),
+            slot: Arc::default(),
         }
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, Option<(String, Arc<AtomicBool>)>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    fn running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn current(&self) -> Option<String> {
-        self.running().as_ref().map(|(id, _)| id.clone())
+        self.running().as_ref().map(|r| r.repo_id.clone())
     }
 
     pub fn choices(&self) -> Vec<ModelChoice> {
@@ -287,19 +294,19 @@ impl Downloads {
         on_event: impl Fn(DownloadEvent) + Send + 'static,
     ) -> AppResult<()> {
         let mut running = self.running();
-        if let Some((id, _)) = running.as_ref() {
+        if let Some(r) = running.as_ref() {
             return Err(AppError::InvalidInput(format!(
-                "{id} is already downloading; cancel it first"
+                "{} is already downloading; cancel it first",
+                r.repo_id
             )));
         }
         let source = (self.sources)(token).map_err(|e| AppError::Download(e.to_string()))?;
         let cancel = Arc::new(AtomicBool::new(false));
-        *running = Some((repo_id.to_string(), cancel.clone()));
-        let (cache, repo_id, slot) = (
-            self.cache.clone(),
-            repo_id.to_string(),
-            self.running.clone(),
-        );
+        *running = Some(Running {
+            repo_id: repo_id.to_string(),
+            cancel: cancel.clone(),
+        });
+        let (cache, repo_id, slot) = (self.cache.clone(), repo_id.to_string(), self.slot.clone());
         std::thread::Builder::new()
             .name("download".into())
             .spawn(move || {
@@ -333,8 +340,8 @@ impl Downloads {
     }
 
     pub fn cancel(&self) {
-        if let Some((_, cancel)) = self.running().as_ref() {
-            cancel.store(true, Ordering::SeqCst);
+        if let Some(r) = self.running().as_ref() {
+            r.cancel.store(true, Ordering::SeqCst);
         }
     }
 }

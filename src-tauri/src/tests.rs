@@ -885,3 +885,78 @@ fn load_settings_are_checked_saved_and_used_for_the_next_load() {
         state.worker.status()
     );
 }
+
+// ---- Robustness ----
+
+#[test]
+fn closing_the_window_mid_reply_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = ScriptedBackend::new(&["one ", "two ", "three ", "four"]);
+    backend.delay = Duration::from_millis(50);
+    let (app, w) = mock_app(state(dir.path(), backend, Box::new(Unavailable)));
+    let conv = invoke(&w, "create_conversation", json!({})).unwrap();
+    let started = invoke(
+        &w,
+        "send_message",
+        json!({"conversationId": conv["id"], "text": "count", "attachments": [],
+               "onEvent": "__CHANNEL__:1"}),
+    )
+    .unwrap();
+    let state = app.state::<AppState>();
+    let reply = || {
+        let c = state
+            .store
+            .conversation(conv["id"].as_i64().unwrap())
+            .unwrap();
+        c.messages
+            .into_iter()
+            .find(|m| Some(m.id) == started["replyId"].as_i64())
+            .unwrap()
+    };
+    wait_for("the first piece", || !reply().text.is_empty());
+    // The UI is gone; the reply goes on streaming into nothing and is saved whole.
+    w.destroy().unwrap();
+    wait_for("the reply", || !state.worker.is_busy());
+    let reply = reply();
+    assert_eq!(reply.text, "one two three four");
+    assert_eq!(reply.status, Status::Done);
+}
+
+#[test]
+fn a_corrupt_attachment_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable));
+    s.load_model(fixture("model"), true).unwrap();
+    wait_for("the model", || {
+        matches!(s.worker.status(), ModelStatus::Ready { .. })
+    });
+    // PNG by its signature, garbage after it: accepted as an image, unreadable by the model.
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend_from_slice(&[0x42; 64]);
+    let broken = s.store.save_attachment("broken.png", &bytes).unwrap();
+    let conv = s.store.create_conversation("t").unwrap().id;
+    let (tx, rx) = collector();
+    s.send_message(conv, "what is this?", &[broken], tx)
+        .unwrap();
+    let events = drain(&rx);
+    let Some(StreamEvent::Error { error }) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.kind(), "attachment", "{error}");
+    assert!(
+        error.to_string().contains("broken") || error.to_string().contains(".png"),
+        "{error}"
+    );
+    let messages = s.store.conversation(conv).unwrap().messages;
+    assert_eq!(
+        messages[0].text, "what is this?",
+        "the user's message is kept"
+    );
+    assert_eq!(messages[1].status, Status::Error);
+    // The model is still usable.
+    assert!(matches!(s.worker.status(), ModelStatus::Ready { .. }));
+    let other = s.store.create_conversation("u").unwrap().id;
+    let (tx, rx) = collector();
+    s.send_message(other, "hello", &[], tx).unwrap();
+    assert!(matches!(drain(&rx).last(), Some(StreamEvent::Done { .. })));
+}

@@ -62,8 +62,8 @@ pub struct HubSource {
 impl HubSource {
     /// `endpoint` overrides `HF_ENDPOINT`; `token` is needed for gated repos such as Gemma's.
     pub fn new(endpoint: Option<&str>, token: Option<String>) -> Result<Self> {
-        let mut builder =
-            hf_hub::api::sync::ApiBuilder::from_env().with_token(token.clone().or_else(hf_token));
+        let token = token.or_else(hf_token);
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_token(token.clone());
         if let Some(endpoint) = endpoint {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
         }
@@ -76,11 +76,7 @@ impl HubSource {
             .timeout_connect(Duration::from_secs(20))
             .timeout_read(Duration::from_secs(60))
             .build();
-        Ok(Self {
-            api,
-            agent,
-            token: token.or_else(hf_token),
-        })
+        Ok(Self { api, agent, token })
     }
 }
 
