@@ -18,47 +18,52 @@ pub struct Known {
     pub id: &'static str,
     pub label: &'static str,
     pub download_bytes: u64,
-    /// Resident memory after loading, per weight format.
-    pub ram_bytes: [(&'static str, u64); 4],
-    /// Measured (E2B, docs/benchmarks.md) or scaled from E2B by parameter count (E4B).
-    pub ram_measured: bool,
+    /// Peak resident memory per weight format.
+    pub ram: [RamNeed; 4],
 }
 
-const GIB: u64 = 1 << 30;
+/// Memory a model needs in one weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RamNeed {
+    pub weights: &'static str,
+    pub bytes: u64,
+    /// Measured (docs/benchmarks.md, E2B) or estimated (E2B f32; E4B scaled from E2B).
+    pub measured: bool,
+}
+
+const fn ram(weights: &'static str, mib: u64, measured: bool) -> RamNeed {
+    RamNeed {
+        weights,
+        bytes: mib << 20,
+        measured,
+    }
+}
 
 pub const KNOWN: [Known; 2] = [
     Known {
         id: "google/gemma-3n-E2B-it",
         label: "Gemma 3n E2B (instruction-tuned)",
         download_bytes: 10_900_000_000,
-        ram_bytes: [
-            ("q4k", 16 * GIB / 10),
-            ("q8_0", 26 * GIB / 10),
-            ("bf16", 47 * GIB / 10),
-            ("f32", 94 * GIB / 10),
+        ram: [
+            ram("q4k", 1_601, true),
+            ram("q8_0", 2_624, true),
+            ram("bf16", 4_777, true),
+            ram("f32", 9_000, false),
         ],
-        ram_measured: true,
     },
     Known {
         id: "google/gemma-3n-E4B-it",
         label: "Gemma 3n E4B (instruction-tuned)",
         download_bytes: 15_700_000_000,
-        ram_bytes: [
-            ("q4k", 26 * GIB / 10),
-            ("q8_0", 42 * GIB / 10),
-            ("bf16", 77 * GIB / 10),
-            ("f32", 154 * GIB / 10),
+        ram: [
+            ram("q4k", 2_600, false),
+            ram("q8_0", 4_200, false),
+            ram("bf16", 7_700, false),
+            ram("f32", 15_000, false),
         ],
-        ram_measured: false,
     },
 ];
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RamNeed {
-    pub weights: &'static str,
-    pub bytes: u64,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -67,7 +72,6 @@ pub struct ModelChoice {
     pub label: &'static str,
     pub download_bytes: u64,
     pub ram: Vec<RamNeed>,
-    pub ram_measured: bool,
     /// The folder to load when every file is in the cache: no network needed.
     pub local_path: Option<String>,
     /// Bytes a previous, interrupted download left, which the next one continues from.
@@ -273,12 +277,7 @@ impl Downloads {
                 id: k.id,
                 label: k.label,
                 download_bytes: k.download_bytes,
-                ram: k
-                    .ram_bytes
-                    .iter()
-                    .map(|&(weights, bytes)| RamNeed { weights, bytes })
-                    .collect(),
-                ram_measured: k.ram_measured,
+                ram: k.ram.to_vec(),
                 local_path: engine::cached_model(&self.cache, k.id)
                     .map(|p| p.display().to_string()),
                 partial_bytes: download::partial_bytes(&self.cache, k.id),

@@ -954,6 +954,7 @@ fn a_corrupt_attachment_is_a_clear_error_not_a_panic() {
     );
     assert_eq!(messages[1].status, Status::Error);
     // The model is still usable.
+    wait_for("the slot", || !s.worker.is_busy());
     assert!(matches!(s.worker.status(), ModelStatus::Ready { .. }));
     let other = s.store.create_conversation("u").unwrap().id;
     let (tx, rx) = collector();

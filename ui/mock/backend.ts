@@ -34,9 +34,9 @@ const control: MockControl = {
   models: {
     choices: [
       { id: 'google/gemma-3n-E2B-it', label: 'Gemma 3n E2B (instruction-tuned)', downloadBytes: 10_900_000_000,
-        ram: [{ weights: 'q4k', bytes: 1.6e9 }, { weights: 'f32', bytes: 9.4e9 }], ramMeasured: true, localPath: null, partialBytes: 0 },
+        ram: [{ weights: 'q4k', bytes: 1.68e9, measured: true }, { weights: 'f32', bytes: 9.4e9, measured: false }], localPath: null, partialBytes: 0 },
       { id: 'google/gemma-3n-E4B-it', label: 'Gemma 3n E4B (instruction-tuned)', downloadBytes: 15_700_000_000,
-        ram: [{ weights: 'q4k', bytes: 2.6e9 }, { weights: 'f32', bytes: 15.4e9 }], ramMeasured: false, localPath: null, partialBytes: 0 },
+        ram: [{ weights: 'q4k', bytes: 2.7e9, measured: false }, { weights: 'f32', bytes: 15.7e9, measured: false }], localPath: null, partialBytes: 0 },
     ],
     cacheDir: '/home/me/.cache/huggingface/hub',
     freeBytes: 12_000_000_000,

@@ -81,8 +81,8 @@ export interface ModelChoice {
   id: string;
   label: string;
   downloadBytes: number;
-  ram: { weights: string; bytes: number }[];
-  ramMeasured: boolean;
+  /** Peak memory per weight format, measured or estimated. */
+  ram: { weights: string; bytes: number; measured: boolean }[];
   localPath: string | null;
   partialBytes: number;
 }

@@ -725,7 +725,7 @@ class ChatApp {
       const missing = c.downloadBytes - c.partialBytes;
       const fits = o.freeBytes == null || o.freeBytes >= missing;
       const short = c.label.split(' (')[0];
-      const ram = c.ram.map((r) => `${r.weights} ${formatBytes(r.bytes)}`).join(' · ');
+      const ram = c.ram.map((r) => `${r.weights} ${r.measured ? '' : '~'}${formatBytes(r.bytes)}`).join(' · ');
       let action: HTMLElement;
       if (c.localPath) {
         action = button(`Use ${short}`, 'Use', () => void this.openModel(c.localPath!), 'primary');
@@ -741,7 +741,7 @@ class ChatApp {
         h('strong', { text: c.label }),
         h('span', { text: c.id }),
         h('span', { text: `Download ${formatBytes(c.downloadBytes)}${c.partialBytes > 0 ? ` (${formatBytes(c.partialBytes)} already here)` : ''}` }),
-        h('span', { text: `Memory by weight format${c.ramMeasured ? '' : ' (estimated)'}: ${ram}` }),
+        h('span', { text: `Memory by weight format (~ estimated): ${ram}` }),
         h('span', { class: 'model-state', text: c.localPath ? 'On this computer — works offline' : fits ? 'Not downloaded' : `Not enough free disk space (needs ${formatBytes(missing)})` }),
         action,
       );

@@ -331,7 +331,7 @@ pub fn ensure_fits(needed: u64, free: u64, dir: &Path) -> Result<()> {
 }
 
 /// `1.2 GB`, `340 MB`, `12 KB`, `5 B`.
-pub fn human_bytes(bytes: u64) -> String {
+fn human_bytes(bytes: u64) -> String {
     let b = bytes as f64;
     match bytes {
         0..1_000 => format!("{bytes} B"),
@@ -376,7 +376,8 @@ pub fn download(
             let mut started = false;
             let mut on_chunk = |file_done: u64, n: u64| {
                 meter.add(n);
-                if meter.due() || !std::mem::replace(&mut started, true) || file_done == file.size {
+                let first = !std::mem::replace(&mut started, true);
+                if meter.due() || first || file_done == file.size {
                     let done = done_bytes + file_done;
                     let speed = meter.bytes_per_second();
                     on_progress(&Progress {
