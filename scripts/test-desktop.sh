@@ -54,6 +54,10 @@ export DISPLAY=":$DISPLAY_NUM"
 export GEMMA_CHAT_DATA_DIR="$E2E_HOME/data"
 export GEMMA_CHAT_TEST_MIC="$ROOT/tests/fixtures/C/audio_16k_mono.wav"
 export XDG_DOWNLOAD_DIR="$E2E_HOME/downloads"
+# Model downloads go to a throwaway Hugging Face cache, from a fake Hub the E2E test serves.
+export HF_HOME="$E2E_HOME/hf"
+export HUB_PORT=${HUB_PORT:-4480}
+export HF_ENDPOINT="http://127.0.0.1:$HUB_PORT"
 "$TOOLS/bin/tauri-driver" --port "$PORT" >"$ARTIFACTS_DIR/tauri-driver.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do

@@ -3,6 +3,12 @@ fn main() {
     let commands = &[
         "model_status",
         "open_model",
+        "models_overview",
+        "save_token",
+        "forget_token",
+        "download_model",
+        "cancel_download",
+        "set_load_settings",
         "list_conversations",
         "create_conversation",
         "rename_conversation",

@@ -7,11 +7,15 @@ use std::sync::{Arc, Mutex};
 use engine::chat::{Message, Part, Role as EngineRole};
 use serde::Serialize;
 
-use crate::backend::{ReplyStats, Sampling, StopReason};
+use crate::backend::{ChatBackend, ReplyStats, StopReason};
 use crate::error::{AppError, AppResult};
+use crate::model_backend::ModelBackend;
+use crate::models::{DownloadEvent, Downloads, LoadSettings, ModelsOverview, Tokens, KNOWN};
 use crate::recorder::Recorder;
 use crate::store::{Attachment, AttachmentKind, Conversation, Role, Status, Store};
 use crate::worker::{panic_message, ModelStatus, Reservation, Worker};
+use engine::LoadOptions;
+use engine::SamplingParams;
 
 /// What a streaming reply sends to the UI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,17 +47,92 @@ pub struct AppState {
     pub worker: Worker,
     pub recorder: Mutex<Box<dyn Recorder>>,
     pub exports_dir: PathBuf,
+    pub downloads: Downloads,
+    pub tokens: Tokens,
 }
 
+const LOAD_SETTINGS: &str = "load_settings";
+
 impl AppState {
+    /// Weight format and threads for loading; the defaults when unset or unreadable.
+    pub fn load_settings(&self) -> LoadSettings {
+        self.store
+            .setting(LOAD_SETTINGS)
+            .ok()
+            .flatten()
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default()
+    }
+
+    /// Takes effect at the next load.
+    pub fn set_load_settings(&self, settings: &LoadSettings) -> AppResult<()> {
+        settings.to_options()?;
+        let json =
+            serde_json::to_string(settings).map_err(|e| AppError::Internal(e.to_string()))?;
+        self.store.set_setting(LOAD_SETTINGS, &json)
+    }
+
+    /// Loads `dir` on the model thread with the saved load settings.
+    pub fn load_model(&self, dir: PathBuf, demo: bool) -> AppResult<()> {
+        let options = self.load_settings().to_options()?;
+        self.worker.load(
+            dir.display().to_string(),
+            Box::new(move |progress| {
+                let options = LoadOptions {
+                    progress: Some(progress),
+                    ..options
+                };
+                Ok(Box::new(ModelBackend::load(&dir, demo, &options)?) as Box<dyn ChatBackend>)
+            }),
+        )
+    }
+
+    /// Loads the model in `path` in the background and remembers it for the next start.
+    pub fn open_model(&self, path: &str) -> AppResult<()> {
+        let dir = PathBuf::from(path);
+        if !dir.join("config.json").is_file() {
+            return Err(AppError::InvalidInput(format!(
+                "{path} is not a model folder: it has no config.json"
+            )));
+        }
+        self.load_model(dir, false)?;
+        self.store.set_setting("model_dir", path)
+    }
+
+    pub fn models_overview(&self) -> ModelsOverview {
+        let cache_dir = self.downloads.cache.path().clone();
+        ModelsOverview {
+            choices: self.downloads.choices(),
+            free_bytes: engine::download::free_space(&cache_dir).ok(),
+            cache_dir: cache_dir.display().to_string(),
+            token: self.tokens.state(),
+            downloading: self.downloads.current(),
+            load_settings: self.load_settings(),
+        }
+    }
+
+    /// Only the models the app offers: no other network access.
+    pub fn download_model(
+        &self,
+        repo_id: &str,
+        on_event: impl Fn(DownloadEvent) + Send + 'static,
+    ) -> AppResult<()> {
+        if !KNOWN.iter().any(|k| k.id == repo_id) {
+            return Err(AppError::InvalidInput(format!(
+                "{repo_id} is not one of the models the app offers"
+            )));
+        }
+        self.downloads.start(repo_id, self.tokens.token(), on_event)
+    }
+
     /// The sampling a conversation uses: its own, else the model's defaults.
-    fn sampling(&self, conversation: &Conversation) -> Sampling {
+    fn sampling(&self, conversation: &Conversation) -> SamplingParams {
         conversation
             .sampling
             .clone()
             .unwrap_or_else(|| match self.worker.status() {
                 ModelStatus::Ready { model } => model.defaults,
-                _ => Sampling::default(),
+                _ => SamplingParams::default(),
             })
     }
 

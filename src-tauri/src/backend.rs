@@ -4,56 +4,34 @@
 use std::sync::atomic::AtomicBool;
 
 use engine::chat::Message;
+use engine::SamplingParams;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppResult;
 
-/// Sampling settings; the model's defaults come from its `generation_config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Sampling {
-    pub temperature: f64,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f64>,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_k: Some(64),
-            top_p: Some(0.95),
-            max_new_tokens: 512,
-            seed: 0,
+/// Checks sampling settings from the UI; the model's defaults come from its
+/// `generation_config.json`.
+pub fn validate_sampling(s: &SamplingParams) -> AppResult<()> {
+    use crate::error::AppError::InvalidInput;
+    if !(s.temperature.is_finite() && (0.0..=10.0).contains(&s.temperature)) {
+        return Err(InvalidInput("temperature must be between 0 and 10".into()));
+    }
+    if s.top_k == Some(0) {
+        return Err(InvalidInput(
+            "top-k must be at least 1 (or empty for no limit)".into(),
+        ));
+    }
+    if let Some(p) = s.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(InvalidInput("top-p must be in (0, 1]".into()));
         }
     }
-}
-
-impl Sampling {
-    pub fn validate(&self) -> AppResult<()> {
-        use crate::error::AppError::InvalidInput;
-        if !(self.temperature.is_finite() && (0.0..=10.0).contains(&self.temperature)) {
-            return Err(InvalidInput("temperature must be between 0 and 10".into()));
-        }
-        if self.top_k == Some(0) {
-            return Err(InvalidInput(
-                "top-k must be at least 1 (or empty for no limit)".into(),
-            ));
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(InvalidInput("top-p must be in (0, 1]".into()));
-            }
-        }
-        if self.max_new_tokens == 0 || self.max_new_tokens > 32_768 {
-            return Err(InvalidInput(
-                "max tokens must be between 1 and 32768".into(),
-            ));
-        }
-        Ok(())
+    if s.max_new_tokens == 0 || s.max_new_tokens > 32_768 {
+        return Err(InvalidInput(
+            "max tokens must be between 1 and 32768".into(),
+        ));
     }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +60,7 @@ pub struct ModelInfo {
     pub path: String,
     /// The committed tiny fixture: it works, but its replies are noise.
     pub demo: bool,
-    pub defaults: Sampling,
+    pub defaults: SamplingParams,
 }
 
 pub trait ChatBackend: Send {
@@ -92,7 +70,7 @@ pub trait ChatBackend: Send {
     fn generate(
         &mut self,
         messages: &[Message],
-        params: &Sampling,
+        params: &SamplingParams,
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str),
     ) -> AppResult<ReplyStats>;
@@ -137,14 +115,14 @@ pub mod scripted {
                 name: "scripted".into(),
                 path: String::new(),
                 demo: true,
-                defaults: Sampling::default(),
+                defaults: SamplingParams::default(),
             }
         }
 
         fn generate(
             &mut self,
             messages: &[Message],
-            _params: &Sampling,
+            _params: &SamplingParams,
             cancel: &AtomicBool,
             on_text: &mut dyn FnMut(&str),
         ) -> AppResult<ReplyStats> {

@@ -4,11 +4,12 @@ use tauri::ipc::{Channel, InvokeBody, Request, Response};
 use tauri::State;
 
 use crate::app::{AppState, Exported, ReplyStarted, StreamEvent, DEFAULT_TITLE};
-use crate::backend::{ChatBackend, Sampling};
+use crate::backend::validate_sampling;
 use crate::error::{AppError, AppResult};
-use crate::model_backend::ModelBackend;
+use crate::models::{DownloadEvent, LoadSettings, ModelsOverview, TokenState};
 use crate::store::{Attachment, Conversation, ConversationSummary};
 use crate::worker::ModelStatus;
+use engine::SamplingParams;
 
 fn sender(channel: Channel<StreamEvent>) -> impl Fn(StreamEvent) + Send + 'static {
     move |event| {
@@ -25,17 +26,43 @@ pub fn model_status(state: State<'_, AppState>) -> ModelStatus {
 /// Load the model in `path` in the background and remember it for the next start.
 #[tauri::command]
 pub fn open_model(state: State<'_, AppState>, path: String) -> AppResult<()> {
-    let dir = std::path::PathBuf::from(&path);
-    if !dir.join("config.json").is_file() {
-        return Err(AppError::InvalidInput(format!(
-            "{path} is not a model folder: it has no config.json"
-        )));
-    }
-    state.worker.load(
-        path.clone(),
-        Box::new(move || Ok(Box::new(ModelBackend::load(&dir, false)?) as Box<dyn ChatBackend>)),
-    )?;
-    state.store.set_setting("model_dir", &path)
+    state.open_model(&path)
+}
+
+#[tauri::command]
+pub fn models_overview(state: State<'_, AppState>) -> ModelsOverview {
+    state.models_overview()
+}
+
+#[tauri::command]
+pub fn save_token(state: State<'_, AppState>, token: String) -> AppResult<TokenState> {
+    state.tokens.save(&token)
+}
+
+#[tauri::command]
+pub fn forget_token(state: State<'_, AppState>) -> TokenState {
+    state.tokens.forget()
+}
+
+#[tauri::command]
+pub fn download_model(
+    state: State<'_, AppState>,
+    repo_id: String,
+    on_event: Channel<DownloadEvent>,
+) -> AppResult<()> {
+    state.download_model(&repo_id, move |event| {
+        let _ = on_event.send(event);
+    })
+}
+
+#[tauri::command]
+pub fn cancel_download(state: State<'_, AppState>) {
+    state.downloads.cancel()
+}
+
+#[tauri::command]
+pub fn set_load_settings(state: State<'_, AppState>, settings: LoadSettings) -> AppResult<()> {
+    state.set_load_settings(&settings)
 }
 
 #[tauri::command]
@@ -86,10 +113,10 @@ pub fn set_system_prompt(state: State<'_, AppState>, id: i64, prompt: String) ->
 pub fn set_sampling(
     state: State<'_, AppState>,
     id: i64,
-    sampling: Option<Sampling>,
+    sampling: Option<SamplingParams>,
 ) -> AppResult<()> {
     if let Some(s) = &sampling {
-        s.validate()?;
+        validate_sampling(s)?;
     }
     state.store.set_sampling(id, sampling.as_ref())
 }

@@ -18,6 +18,8 @@ pub enum AppError {
     Model(String),
     #[error("{0}")]
     Recording(String),
+    #[error("{0}")]
+    Download(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error("{0}")]
@@ -38,6 +40,7 @@ impl AppError {
             AppError::Attachment(_) => "attachment",
             AppError::Model(_) => "model",
             AppError::Recording(_) => "recording",
+            AppError::Download(_) => "download",
             AppError::Storage(_) => "storage",
             AppError::Io(_) => "io",
             AppError::Internal(_) => "internal",

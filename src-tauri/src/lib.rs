@@ -5,6 +5,7 @@ pub mod backend;
 pub mod commands;
 pub mod error;
 pub mod model_backend;
+pub mod models;
 pub mod recorder;
 pub mod store;
 pub mod worker;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use tauri::{Emitter, Manager, Runtime};
 
 use app::AppState;
-use model_backend::ModelBackend;
+use models::{hub_sources, Downloads, Keychain, Tokens};
 use recorder::{FileSource, Microphone, Recorder};
 use store::Store;
 use worker::Worker;
@@ -29,6 +30,12 @@ macro_rules! handlers {
         tauri::generate_handler![
             $crate::commands::model_status,
             $crate::commands::open_model,
+            $crate::commands::models_overview,
+            $crate::commands::save_token,
+            $crate::commands::forget_token,
+            $crate::commands::download_model,
+            $crate::commands::cancel_download,
+            $crate::commands::set_load_settings,
             $crate::commands::list_conversations,
             $crate::commands::create_conversation,
             $crate::commands::rename_conversation,
@@ -95,23 +102,21 @@ fn init<R: Runtime>(app: &tauri::AppHandle<R>) -> Result<AppState, Box<dyn std::
     let worker = Worker::spawn(move |status| {
         let _ = events.emit("model-status", status);
     });
-    let (model_dir, demo) = model_to_load(app, &store);
-    worker.load(
-        model_dir.display().to_string(),
-        Box::new(move || {
-            Ok(Box::new(ModelBackend::load(&model_dir, demo)?) as Box<dyn backend::ChatBackend>)
-        }),
-    )?;
     let recorder: Box<dyn Recorder> = match std::env::var_os("GEMMA_CHAT_TEST_MIC") {
         Some(path) => Box::new(FileSource::new(path.into())),
         None => Box::new(Microphone::new(MAX_RECORDING_SECONDS)),
     };
-    Ok(AppState {
+    let (model_dir, demo) = model_to_load(app, &store);
+    let state = AppState {
         store,
         worker,
         recorder: Mutex::new(recorder),
         exports_dir,
-    })
+        downloads: Downloads::new(hf_hub::Cache::from_env(), hub_sources()),
+        tokens: Tokens::new(Box::new(Keychain)),
+    };
+    state.load_model(model_dir, demo)?;
+    Ok(state)
 }
 
 pub fn run() {

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use engine::chat::Message;
 use engine::{Engine, LoadOptions, SamplingParams};
 
-use crate::backend::{ChatBackend, ModelInfo, ReplyStats, Sampling, StopReason};
+use crate::backend::{ChatBackend, ModelInfo, ReplyStats, StopReason};
 use crate::error::{AppError, AppResult};
 
 pub struct ModelBackend {
@@ -16,35 +16,27 @@ pub struct ModelBackend {
 }
 
 impl ModelBackend {
-    pub fn load(dir: &Path, demo: bool) -> AppResult<Self> {
+    pub fn load(dir: &Path, demo: bool, options: &LoadOptions) -> AppResult<Self> {
         if !dir.join("config.json").is_file() {
             return Err(AppError::Model(format!(
                 "{} is not a model folder: it has no config.json",
                 dir.display()
             )));
         }
-        let engine = Engine::load(dir, &LoadOptions::default()).map_err(|e| {
+        let engine = Engine::load(dir, options).map_err(|e| {
             AppError::Model(format!("cannot load the model in {}: {e}", dir.display()))
         })?;
-        let d = engine.default_sampling();
         let name = if demo {
             "Demo model — replies are noise".to_string()
         } else {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| dir.display().to_string())
+            display_name(dir)
         };
         Ok(Self {
             info: ModelInfo {
                 name,
                 path: dir.display().to_string(),
                 demo,
-                defaults: Sampling {
-                    temperature: d.temperature,
-                    top_k: d.top_k,
-                    top_p: d.top_p,
-                    ..Sampling::default()
-                },
+                defaults: engine.default_sampling(),
             },
             engine,
         })
@@ -59,18 +51,11 @@ impl ChatBackend for ModelBackend {
     fn generate(
         &mut self,
         messages: &[Message],
-        params: &Sampling,
+        params: &SamplingParams,
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str),
     ) -> AppResult<ReplyStats> {
-        let params = SamplingParams {
-            temperature: params.temperature,
-            top_k: params.top_k,
-            top_p: params.top_p,
-            max_new_tokens: params.max_new_tokens,
-            seed: params.seed,
-        };
-        let report = self.engine.generate(messages, &params, cancel, on_text)?;
+        let report = self.engine.generate(messages, params, cancel, on_text)?;
         Ok(ReplyStats {
             prompt_tokens: report.prompt_tokens,
             generated_tokens: report.token_ids.len(),
@@ -84,5 +69,32 @@ impl ChatBackend for ModelBackend {
             ttft_ms: report.ttft_ms,
             tokens_per_second: report.decode_tok_s,
         })
+    }
+}
+
+/// The repo id for a folder of hf-hub's cache (`models--google--gemma-3n-E2B-it/snapshots/<commit>`),
+/// else the folder's name.
+fn display_name(dir: &Path) -> String {
+    let from_cache = dir
+        .parent()
+        .filter(|p| p.ends_with("snapshots"))
+        .and_then(Path::parent)
+        .and_then(|repo| repo.file_name()?.to_str()?.strip_prefix("models--"))
+        .map(|name| name.replacen("--", "/", 1));
+    from_cache
+        .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hub_snapshots_are_named_by_repo() {
+        let name = |p: &str| super::display_name(std::path::Path::new(p));
+        assert_eq!(
+            name("/c/hub/models--google--gemma-3n-E2B-it/snapshots/0abc"),
+            "google/gemma-3n-E2B-it"
+        );
+        assert_eq!(name("/models/gemma-3n-E4B-it"), "gemma-3n-E4B-it");
     }
 }

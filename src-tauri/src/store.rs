@@ -8,8 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{ReplyStats, Sampling};
+use crate::backend::ReplyStats;
 use crate::error::{AppError, AppResult};
+use engine::SamplingParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,7 +81,7 @@ pub struct Conversation {
     pub id: i64,
     pub title: String,
     pub system_prompt: String,
-    pub sampling: Option<Sampling>,
+    pub sampling: Option<SamplingParams>,
     pub created_at: i64,
     pub updated_at: i64,
     pub messages: Vec<StoredMessage>,
@@ -247,7 +248,7 @@ impl Store {
         Self::changed(n, id)
     }
 
-    pub fn set_sampling(&self, id: i64, sampling: Option<&Sampling>) -> AppResult<()> {
+    pub fn set_sampling(&self, id: i64, sampling: Option<&SamplingParams>) -> AppResult<()> {
         let n = self.db().execute(
             "UPDATE conversations SET sampling = ?2 WHERE id = ?1",
             params![id, sampling.map(to_json)],

@@ -17,9 +17,12 @@ use crate::app::{AppState, StreamEvent};
 use crate::backend::scripted::ScriptedBackend;
 use crate::backend::{ChatBackend, StopReason};
 use crate::error::AppError;
+use crate::models::{DownloadEvent, Downloads, TokenStore, Tokens};
 use crate::recorder::{FileSource, Recorder, Unavailable};
 use crate::store::{Attachment, Status, Store};
 use crate::worker::{ModelStatus, Worker};
+use engine::download::{Body, Listing, RemoteFile, Source};
+use hf_hub::Cache;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,7 +46,7 @@ fn state(dir: &Path, backend: ScriptedBackend, recorder: Box<dyn Recorder>) -> A
     worker
         .load(
             "scripted".into(),
-            Box::new(move || Ok(Box::new(backend) as Box<dyn ChatBackend>)),
+            Box::new(move |_| Ok(Box::new(backend) as Box<dyn ChatBackend>)),
         )
         .unwrap();
     wait_for("the model", || {
@@ -54,6 +57,8 @@ fn state(dir: &Path, backend: ScriptedBackend, recorder: Box<dyn Recorder>) -> A
         worker,
         recorder: Mutex::new(recorder),
         exports_dir: dir.join("exports"),
+        downloads: Downloads::new(Cache::new(dir.join("hub")), FakeHub::sources(FakeHub::ok())),
+        tokens: Tokens::new(Box::new(MemoryTokens::default())),
     }
 }
 
@@ -360,17 +365,14 @@ fn no_model_means_a_clear_refusal() {
         worker: Worker::spawn(|_| {}),
         recorder: Mutex::new(Box::new(Unavailable)),
         exports_dir: dir.path().join("exports"),
+        downloads: Downloads::new(
+            Cache::new(dir.path().join("hub")),
+            FakeHub::sources(FakeHub::ok()),
+        ),
+        tokens: Tokens::new(Box::new(MemoryTokens::default())),
     };
-    s.worker
-        .load(
-            "/missing".into(),
-            Box::new(|| {
-                Err(AppError::Model(
-                    "/missing is not a model folder: it has no config.json".into(),
-                ))
-            }),
-        )
-        .unwrap();
+    // A model folder that has gone missing since it was last used.
+    s.load_model("/missing".into(), false).unwrap();
     wait_for("the load", || {
         matches!(s.worker.status(), ModelStatus::Failed { .. })
     });
@@ -493,4 +495,469 @@ fn recording_from_a_test_source_and_without_a_microphone() {
         std::fs::read(source).unwrap()
     );
     assert_eq!(s.stop_recording().unwrap_err().kind(), "recording");
+}
+
+// ---- Model download, token, load settings ----
+
+#[derive(Default)]
+struct MemoryTokens(Mutex<Option<String>>);
+
+impl TokenStore for MemoryTokens {
+    fn get(&self) -> Result<Option<String>, String> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    fn set(&self, token: &str) -> Result<(), String> {
+        *self.0.lock().unwrap() = Some(token.into());
+        Ok(())
+    }
+    fn delete(&self) -> Result<(), String> {
+        *self.0.lock().unwrap() = None;
+        Ok(())
+    }
+}
+
+/// A keychain that is not there, as in CI (no D-Bus session).
+struct NoKeychain;
+
+impl TokenStore for NoKeychain {
+    fn get(&self) -> Result<Option<String>, String> {
+        Err("no D-Bus session".into())
+    }
+    fn set(&self, _: &str) -> Result<(), String> {
+        Err("no D-Bus session".into())
+    }
+    fn delete(&self) -> Result<(), String> {
+        Err("no D-Bus session".into())
+    }
+}
+
+/// Serves a tiny repo from memory; the weights arrive in pieces, and with a `Gate` the reader
+/// stops after the first piece until the test lets it go (so a test can cancel at a known
+/// point), then, if `fail`, breaks like a dropped connection.
+struct FakeHub {
+    weights: Vec<u8>,
+    gate: Mutex<Option<Gate>>,
+    fail: bool,
+    tokens_seen: Mutex<Vec<Option<String>>>,
+}
+
+const E2B: &str = "google/gemma-3n-E2B-it";
+
+impl FakeHub {
+    fn ok() -> Arc<Self> {
+        Arc::new(Self {
+            weights: vec![7; 200_000],
+            gate: Mutex::new(None),
+            fail: false,
+            tokens_seen: Mutex::default(),
+        })
+    }
+
+    fn gated(fail: bool) -> (Arc<Self>, GateKey) {
+        let ((waiting_tx, waiting), (go, go_rx)) = (channel(), channel());
+        let hub = Self {
+            gate: Mutex::new(Some(Gate {
+                waiting: waiting_tx,
+                go: go_rx,
+            })),
+            fail,
+            ..Arc::into_inner(Self::ok()).unwrap()
+        };
+        (Arc::new(hub), GateKey { waiting, go })
+    }
+
+    fn sources(hub: Arc<Self>) -> crate::models::SourceFactory {
+        Box::new(move |token| {
+            hub.tokens_seen.lock().unwrap().push(token);
+            Ok(Box::new(Served(hub.clone())) as Box<dyn Source>)
+        })
+    }
+
+    fn files(&self) -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("config.json", b"{}".to_vec()),
+            ("tokenizer.json", b"{}".to_vec()),
+            ("model.safetensors", self.weights.clone()),
+        ]
+    }
+}
+
+/// The reader's side: says it is waiting, then waits.
+struct Gate {
+    waiting: std::sync::mpsc::Sender<()>,
+    go: Receiver<()>,
+}
+
+/// The test's side.
+struct GateKey {
+    waiting: Receiver<()>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
+struct Pieces {
+    bytes: Vec<u8>,
+    at: usize,
+    gate: Option<Gate>,
+    fail: bool,
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at > 0 {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.waiting.send(());
+                let _ = gate.go.recv();
+                if self.fail {
+                    return Err(std::io::ErrorKind::ConnectionReset.into());
+                }
+            }
+        }
+        let n = buf.len().min(50_000).min(self.bytes.len() - self.at);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// What a download reads from (a local trait needs a local type).
+struct Served(Arc<FakeHub>);
+
+impl Source for Served {
+    fn listing(&self, _repo_id: &str) -> engine::Result<Listing> {
+        Ok(Listing {
+            commit: "c0ffee".into(),
+            files: self
+                .0
+                .files()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, bytes))| RemoteFile {
+                    name: name.into(),
+                    size: bytes.len() as u64,
+                    etag: format!("blob{i}"),
+                    sha256: None,
+                })
+                .collect(),
+        })
+    }
+
+    fn open(&self, _: &str, _: &str, file: &str, offset: u64) -> engine::Result<Body> {
+        let bytes = self
+            .0
+            .files()
+            .into_iter()
+            .find(|(n, _)| *n == file)
+            .unwrap()
+            .1;
+        let weights = file == "model.safetensors";
+        Ok(Body {
+            reader: Box::new(Pieces {
+                bytes: bytes[offset as usize..].to_vec(),
+                at: 0,
+                gate: if weights {
+                    self.0.gate.lock().unwrap().take()
+                } else {
+                    None
+                },
+                fail: self.0.fail,
+            }),
+            offset,
+        })
+    }
+}
+
+fn download_events() -> (
+    impl Fn(DownloadEvent) + Send + 'static,
+    Receiver<DownloadEvent>,
+) {
+    let (tx, rx) = channel();
+    (move |e| tx.send(e).unwrap(), rx)
+}
+
+/// Events until the download ends.
+fn until_end(rx: &Receiver<DownloadEvent>) -> Vec<DownloadEvent> {
+    let mut events = Vec::new();
+    loop {
+        let e = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("download ended");
+        let end = !matches!(e, DownloadEvent::Progress { .. });
+        events.push(e);
+        if end {
+            return events;
+        }
+    }
+}
+
+#[test]
+fn a_download_reports_progress_and_the_model_is_then_present_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, w) = mock_app(state(
+        dir.path(),
+        ScriptedBackend::new(&[]),
+        Box::new(Unavailable),
+    ));
+    let overview = invoke(&w, "models_overview", json!({})).unwrap();
+    assert_eq!(overview["choices"][0]["id"], E2B);
+    assert_eq!(overview["choices"][0]["localPath"], Value::Null);
+    assert!(overview["choices"][0]["downloadBytes"].as_u64().unwrap() > 10_000_000_000);
+    assert!(overview["freeBytes"].as_u64().unwrap() > 0);
+    assert_eq!(overview["token"]["keychain"], true);
+
+    let err = invoke(
+        &w,
+        "download_model",
+        json!({"repoId": "someone/else", "onEvent": "__CHANNEL__:1"}),
+    )
+    .unwrap_err();
+    assert_eq!(err["kind"], "invalidInput");
+
+    let state = _app.state::<AppState>();
+    let (tx, rx) = download_events();
+    state.download_model(E2B, tx).unwrap();
+    let events = until_end(&rx);
+    let DownloadEvent::Done { path } = events.last().unwrap() else {
+        panic!("{events:?}")
+    };
+    let DownloadEvent::Progress { progress } = &events[events.len() - 2] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(progress.done_bytes, progress.total_bytes);
+    assert_eq!(progress.total_bytes, 200_004);
+
+    let overview = invoke(&w, "models_overview", json!({})).unwrap();
+    assert_eq!(overview["choices"][0]["localPath"], path.as_str());
+    assert_eq!(overview["downloading"], Value::Null);
+    // The downloaded folder is what `open_model` loads.
+    invoke(&w, "open_model", json!({"path": path})).unwrap();
+    assert_eq!(
+        state.store.setting("model_dir").unwrap().as_deref(),
+        Some(path.as_str())
+    );
+}
+
+#[test]
+fn cancel_keeps_the_partial_download_and_a_failed_one_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable));
+    let (hub, key) = FakeHub::gated(false);
+    s.downloads = Downloads::new(Cache::new(dir.path().join("hub")), FakeHub::sources(hub));
+    let (tx, rx) = download_events();
+    s.download_model(E2B, tx).unwrap();
+    // The first piece of the weights is on disk; the reader now waits for the second.
+    key.waiting.recv_timeout(Duration::from_secs(20)).unwrap();
+    let (tx2, _rx2) = download_events();
+    let busy = s.download_model(E2B, tx2).unwrap_err();
+    assert!(busy.to_string().contains("already downloading"), "{busy}");
+    s.downloads.cancel();
+    key.go.send(()).unwrap();
+    assert_eq!(until_end(&rx).last(), Some(&DownloadEvent::Cancelled));
+    let choice = &s.models_overview().choices[0];
+    assert_eq!(choice.local_path, None);
+    assert_eq!(choice.partial_bytes, 100_000);
+
+    // The next try breaks mid-file: a clear error, the partial file grows, nothing complete.
+    let (hub, key) = FakeHub::gated(true);
+    s.downloads = Downloads::new(Cache::new(dir.path().join("hub")), FakeHub::sources(hub));
+    let (tx, rx) = download_events();
+    s.download_model(E2B, tx).unwrap();
+    key.go.send(()).unwrap();
+    let Some(DownloadEvent::Error { error }) = until_end(&rx).pop() else {
+        panic!("the download should fail")
+    };
+    assert_eq!(error.kind(), "download");
+    assert!(error.to_string().contains("connection was lost"), "{error}");
+    let choice = &s.models_overview().choices[0];
+    assert_eq!(choice.local_path, None);
+    assert_eq!(choice.partial_bytes, 150_000);
+
+    // And the third completes from there.
+    let (tx, rx) = download_events();
+    s.downloads = Downloads::new(
+        Cache::new(dir.path().join("hub")),
+        FakeHub::sources(FakeHub::ok()),
+    );
+    s.download_model(E2B, tx).unwrap();
+    assert!(matches!(
+        until_end(&rx).last(),
+        Some(DownloadEvent::Done { .. })
+    ));
+    assert_eq!(s.models_overview().choices[0].partial_bytes, 0);
+}
+
+#[test]
+fn the_token_goes_to_the_keychain_or_lasts_the_session_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable));
+    let hub = FakeHub::ok();
+    s.downloads = Downloads::new(
+        Cache::new(dir.path().join("hub")),
+        FakeHub::sources(hub.clone()),
+    );
+    let saved = s.tokens.save(" hf_abc ").unwrap();
+    assert!(saved.saved && saved.keychain && saved.message.is_none());
+    let (tx, rx) = download_events();
+    s.download_model(E2B, tx).unwrap();
+    until_end(&rx);
+    assert_eq!(
+        hub.tokens_seen.lock().unwrap()[0].as_deref(),
+        Some("hf_abc")
+    );
+    assert!(!s.tokens.forget().saved);
+    assert_eq!(s.tokens.save("  ").unwrap_err().kind(), "invalidInput");
+
+    let tokens = Tokens::new(Box::new(NoKeychain));
+    assert!(!tokens.state().keychain);
+    let state = tokens.save("hf_session").unwrap();
+    assert!(state.saved && !state.keychain);
+    let message = state.message.unwrap();
+    assert!(
+        message.contains("No OS keychain") && message.contains("session only"),
+        "{message}"
+    );
+    assert_eq!(tokens.token().as_deref(), Some("hf_session"));
+    assert!(tokens.state().saved);
+    assert!(!tokens.forget().saved);
+    assert_eq!(tokens.token(), None);
+}
+
+#[test]
+fn load_settings_are_checked_saved_and_used_for_the_next_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, w) = mock_app(state(
+        dir.path(),
+        ScriptedBackend::new(&[]),
+        Box::new(Unavailable),
+    ));
+    let err = invoke(
+        &w,
+        "set_load_settings",
+        json!({"settings": {"weights": "q3", "threads": 2}}),
+    )
+    .unwrap_err();
+    assert!(err["message"].as_str().unwrap().contains("q4k"), "{err}");
+    let err = invoke(
+        &w,
+        "set_load_settings",
+        json!({"settings": {"weights": "q8_0", "threads": 0}}),
+    )
+    .unwrap_err();
+    assert!(
+        err["message"].as_str().unwrap().contains("threads"),
+        "{err}"
+    );
+    invoke(
+        &w,
+        "set_load_settings",
+        json!({"settings": {"weights": "q4k", "threads": 2}}),
+    )
+    .unwrap();
+    let overview = invoke(&w, "models_overview", json!({})).unwrap();
+    assert_eq!(
+        overview["loadSettings"],
+        json!({"weights": "q4k", "threads": 2})
+    );
+    let options = app
+        .state::<AppState>()
+        .load_settings()
+        .to_options()
+        .unwrap();
+    assert_eq!(options.weights, engine::WeightFormat::Q4K);
+    assert_eq!(options.threads, Some(2));
+
+    // The real model loads with them; a missing folder is refused before anything changes.
+    let err = invoke(&w, "open_model", json!({"path": "/no/such/model"})).unwrap_err();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a model folder"),
+        "{err}"
+    );
+    invoke(&w, "open_model", json!({"path": fixture("model")})).unwrap();
+    let state = app.state::<AppState>();
+    wait_for("the model", || {
+        !matches!(state.worker.status(), ModelStatus::Loading { .. })
+    });
+    assert!(
+        matches!(state.worker.status(), ModelStatus::Ready { .. }),
+        "{:?}",
+        state.worker.status()
+    );
+}
+
+// ---- Robustness ----
+
+#[test]
+fn closing_the_window_mid_reply_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = ScriptedBackend::new(&["one ", "two ", "three ", "four"]);
+    backend.delay = Duration::from_millis(50);
+    let (app, w) = mock_app(state(dir.path(), backend, Box::new(Unavailable)));
+    let conv = invoke(&w, "create_conversation", json!({})).unwrap();
+    let started = invoke(
+        &w,
+        "send_message",
+        json!({"conversationId": conv["id"], "text": "count", "attachments": [],
+               "onEvent": "__CHANNEL__:1"}),
+    )
+    .unwrap();
+    let state = app.state::<AppState>();
+    let reply = || {
+        let c = state
+            .store
+            .conversation(conv["id"].as_i64().unwrap())
+            .unwrap();
+        c.messages
+            .into_iter()
+            .find(|m| Some(m.id) == started["replyId"].as_i64())
+            .unwrap()
+    };
+    wait_for("the first piece", || !reply().text.is_empty());
+    // The UI is gone; the reply goes on streaming into nothing and is saved whole.
+    w.destroy().unwrap();
+    wait_for("the reply", || !state.worker.is_busy());
+    let reply = reply();
+    assert_eq!(reply.text, "one two three four");
+    assert_eq!(reply.status, Status::Done);
+}
+
+#[test]
+fn a_corrupt_attachment_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable));
+    s.load_model(fixture("model"), true).unwrap();
+    wait_for("the model", || {
+        matches!(s.worker.status(), ModelStatus::Ready { .. })
+    });
+    // PNG by its signature, garbage after it: accepted as an image, unreadable by the model.
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend_from_slice(&[0x42; 64]);
+    let broken = s.store.save_attachment("broken.png", &bytes).unwrap();
+    let conv = s.store.create_conversation("t").unwrap().id;
+    let (tx, rx) = collector();
+    s.send_message(conv, "what is this?", &[broken], tx)
+        .unwrap();
+    let events = drain(&rx);
+    let Some(StreamEvent::Error { error }) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.kind(), "attachment", "{error}");
+    assert!(
+        error.to_string().contains("broken") || error.to_string().contains(".png"),
+        "{error}"
+    );
+    let messages = s.store.conversation(conv).unwrap().messages;
+    assert_eq!(
+        messages[0].text, "what is this?",
+        "the user's message is kept"
+    );
+    assert_eq!(messages[1].status, Status::Error);
+    // The model is still usable.
+    wait_for("the slot", || !s.worker.is_busy());
+    assert!(matches!(s.worker.status(), ModelStatus::Ready { .. }));
+    let other = s.store.create_conversation("u").unwrap().id;
+    let (tx, rx) = collector();
+    s.send_message(other, "hello", &[], tx).unwrap();
+    assert!(matches!(drain(&rx).last(), Some(StreamEvent::Done { .. })));
 }

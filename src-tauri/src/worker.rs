@@ -7,18 +7,29 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use gemma3n::ProgressFn;
+
 use crate::backend::{ChatBackend, ModelInfo};
 use crate::error::{AppError, AppResult};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum ModelStatus {
-    Loading { path: String },
-    Ready { model: ModelInfo },
-    Failed { error: AppError },
+    /// `progress`: fraction of the weights read, 0..=1.
+    Loading {
+        path: String,
+        progress: f32,
+    },
+    Ready {
+        model: ModelInfo,
+    },
+    Failed {
+        error: AppError,
+    },
 }
 
-pub type Loader = Box<dyn FnOnce() -> AppResult<Box<dyn ChatBackend>> + Send>;
+/// Loads a model, reporting the fraction of its weights read through the `ProgressFn`.
+pub type Loader = Box<dyn FnOnce(ProgressFn) -> AppResult<Box<dyn ChatBackend>> + Send>;
 type Job = Box<dyn FnOnce(&mut dyn ChatBackend, &AtomicBool) + Send>;
 
 enum Command {
@@ -54,7 +65,7 @@ pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 
 impl Worker {
     /// Start the thread; `on_status` hears every model status change.
-    pub fn spawn(on_status: impl Fn(&ModelStatus) + Send + 'static) -> Self {
+    pub fn spawn(on_status: impl Fn(&ModelStatus) + Send + Sync + 'static) -> Self {
         let (tx, rx) = channel::<Command>();
         let status = Arc::new(Mutex::new(ModelStatus::Failed {
             error: AppError::Model("no model is configured".into()),
@@ -67,16 +78,34 @@ impl Worker {
             .name("model".into())
             .spawn(move || {
                 let mut backend: Option<Box<dyn ChatBackend>> = None;
-                let set = |s: ModelStatus| {
+                let on_status = Arc::new(on_status);
+                let set = move |s: ModelStatus| {
                     on_status(&s);
                     *thread_status.lock().unwrap_or_else(|p| p.into_inner()) = s;
                 };
+                let set = Arc::new(set);
                 for command in rx {
                     match command {
                         Command::Load { path, loader } => {
                             backend = None;
-                            set(ModelStatus::Loading { path });
-                            match catch_unwind(AssertUnwindSafe(loader)) {
+                            set(ModelStatus::Loading {
+                                path: path.clone(),
+                                progress: 0.0,
+                            });
+                            let (report, shown) = (set.clone(), Mutex::new(0u8));
+                            let progress: ProgressFn = Arc::new(move |fraction: f32| {
+                                // Whole percents only: the UI needs no more, IPC no flood.
+                                let percent = (fraction.clamp(0.0, 1.0) * 100.0) as u8;
+                                let mut shown = shown.lock().unwrap_or_else(|p| p.into_inner());
+                                if percent > *shown {
+                                    *shown = percent;
+                                    report(ModelStatus::Loading {
+                                        path: path.clone(),
+                                        progress: fraction.clamp(0.0, 1.0),
+                                    });
+                                }
+                            });
+                            match catch_unwind(AssertUnwindSafe(|| loader(progress))) {
                                 Ok(Ok(b)) => {
                                     set(ModelStatus::Ready { model: b.info() });
                                     backend = Some(b);
@@ -126,8 +155,10 @@ impl Worker {
         if self.busy.load(Ordering::SeqCst) {
             return Err(AppError::Busy);
         }
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) =
-            ModelStatus::Loading { path: path.clone() };
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = ModelStatus::Loading {
+            path: path.clone(),
+            progress: 0.0,
+        };
         self.send(Command::Load { path, loader })
     }
 

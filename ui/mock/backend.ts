@@ -1,7 +1,7 @@
 // An in-memory backend behind mockIPC, so the real UI runs in a plain browser for tests.
 // Tests steer it through `window.__mock`.
 import { mockIPC } from '@tauri-apps/api/mocks';
-import type { Attachment, Conversation, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
+import type { Attachment, Conversation, DownloadEvent, ModelsOverview, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
 
 interface MockControl {
   /** Pieces of the next replies. */
@@ -12,6 +12,9 @@ interface MockControl {
   calls: { cmd: string; args: unknown }[];
   conversations: Conversation[];
   files: Map<string, { bytes: Uint8Array; mime: string }>;
+  models: ModelsOverview;
+  /** Break the next download after its first progress event. */
+  downloadFails: boolean;
 }
 
 declare global {
@@ -28,6 +31,20 @@ const control: MockControl = {
   calls: [],
   conversations: [],
   files: new Map(),
+  models: {
+    choices: [
+      { id: 'google/gemma-3n-E2B-it', label: 'Gemma 3n E2B (instruction-tuned)', downloadBytes: 10_900_000_000,
+        ram: [{ weights: 'q4k', bytes: 1.68e9, measured: true }, { weights: 'f32', bytes: 9.4e9, measured: false }], localPath: null, partialBytes: 0 },
+      { id: 'google/gemma-3n-E4B-it', label: 'Gemma 3n E4B (instruction-tuned)', downloadBytes: 15_700_000_000,
+        ram: [{ weights: 'q4k', bytes: 2.7e9, measured: false }, { weights: 'f32', bytes: 15.7e9, measured: false }], localPath: null, partialBytes: 0 },
+    ],
+    cacheDir: '/home/me/.cache/huggingface/hub',
+    freeBytes: 12_000_000_000,
+    token: { saved: false, keychain: false, message: 'No OS keychain is available (no D-Bus session), so the token is kept for this session only.' },
+    downloading: null,
+    loadSettings: { weights: 'f32', threads: null },
+  },
+  downloadFails: false,
 };
 window.__mock = control;
 
@@ -78,6 +95,41 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
   return Promise.resolve();
 }
 
+let cancelDownload = false;
+
+/** A fake download: progress every 40 ms, 1 GB at a time. */
+function fakeDownload(id: string, channel: { id: number }): void {
+  const choice = control.models.choices.find((c) => c.id === id)!;
+  control.models.downloading = id;
+  cancelDownload = false;
+  let index = 0;
+  const send = (message: DownloadEvent) => window.__TAURI_INTERNALS__.runCallback(channel.id, { index: index++, message });
+  const finish = (message: DownloadEvent) => {
+    control.models.downloading = null;
+    send(message);
+  };
+  if (control.models.freeBytes != null && control.models.freeBytes < choice.downloadBytes - choice.partialBytes) {
+    setTimeout(() => finish({ event: 'error', error: { kind: 'download', message: `not enough disk space: the download needs ${choice.downloadBytes / 1e9} GB more in ${control.models.cacheDir}, but only 12.0 GB is free` } }), 0);
+    return;
+  }
+  const tick = () => {
+    if (cancelDownload) return finish({ event: 'cancelled' });
+    choice.partialBytes = Math.min(choice.partialBytes + 1e9, choice.downloadBytes);
+    send({ event: 'progress', progress: { file: 'model-00001-of-00004.safetensors', doneBytes: choice.partialBytes, totalBytes: choice.downloadBytes, bytesPerSecond: 25e6, etaSeconds: (choice.downloadBytes - choice.partialBytes) / 25e6 } });
+    if (control.downloadFails) {
+      control.downloadFails = false;
+      return finish({ event: 'error', error: { kind: 'download', message: 'model-00001-of-00004.safetensors: the connection was lost after 1.0 GB of 3.1 GB (connection reset); the partial file is kept, so downloading again resumes from there' } });
+    }
+    if (choice.partialBytes >= choice.downloadBytes) {
+      choice.partialBytes = 0;
+      choice.localPath = `/home/me/.cache/huggingface/hub/models--${id.replace('/', '--')}/snapshots/abc`;
+      return finish({ event: 'done', path: choice.localPath });
+    }
+    setTimeout(tick, 40);
+  };
+  setTimeout(tick, 40);
+}
+
 mockIPC(async (cmd, raw) => {
   const args = (raw ?? {}) as Record<string, any>;
   control.calls.push({ cmd, args });
@@ -89,6 +141,28 @@ mockIPC(async (cmd, raw) => {
   switch (cmd) {
     case 'model_status':
       return { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults } };
+    case 'models_overview':
+      return structuredClone(control.models);
+    case 'download_model':
+      if (control.models.downloading) throw { kind: 'invalidInput', message: `${control.models.downloading} is already downloading; cancel it first` };
+      fakeDownload(args.repoId, args.onEvent);
+      return null;
+    case 'cancel_download':
+      cancelDownload = true;
+      return null;
+    case 'save_token':
+      if (!String(args.token).trim()) throw { kind: 'invalidInput', message: 'paste a Hugging Face access token (it starts with hf_)' };
+      control.models.token = { ...control.models.token, saved: true };
+      return control.models.token;
+    case 'forget_token':
+      control.models.token = { ...control.models.token, saved: false };
+      return control.models.token;
+    case 'set_load_settings':
+      if (!['f32', 'bf16', 'q8_0', 'q4k'].includes(args.settings.weights)) throw { kind: 'invalidInput', message: 'unknown weight format' };
+      control.models.loadSettings = args.settings;
+      return null;
+    case 'open_model':
+      return null;
     case 'list_conversations': {
       const q = String(args.query ?? '').toLowerCase();
       return control.conversations

@@ -17,7 +17,7 @@ export interface ModelInfo {
 }
 
 export type ModelStatus =
-  | { state: 'loading'; path: string }
+  | { state: 'loading'; path: string; progress: number }
   | { state: 'ready'; model: ModelInfo }
   | { state: 'failed'; error: AppError };
 
@@ -77,6 +77,52 @@ export interface ReplyStarted {
   replyId: number;
 }
 
+export interface ModelChoice {
+  id: string;
+  label: string;
+  downloadBytes: number;
+  /** Peak memory per weight format, measured or estimated. */
+  ram: { weights: string; bytes: number; measured: boolean }[];
+  localPath: string | null;
+  partialBytes: number;
+}
+
+export interface TokenState {
+  saved: boolean;
+  keychain: boolean;
+  message: string | null;
+}
+
+export type WeightFormat = 'f32' | 'bf16' | 'q8_0' | 'q4k';
+
+export interface LoadSettings {
+  weights: WeightFormat;
+  threads: number | null;
+}
+
+export interface ModelsOverview {
+  choices: ModelChoice[];
+  cacheDir: string;
+  freeBytes: number | null;
+  token: TokenState;
+  downloading: string | null;
+  loadSettings: LoadSettings;
+}
+
+export interface DownloadProgress {
+  file: string;
+  doneBytes: number;
+  totalBytes: number;
+  bytesPerSecond: number;
+  etaSeconds: number | null;
+}
+
+export type DownloadEvent =
+  | { event: 'progress'; progress: DownloadProgress }
+  | { event: 'done'; path: string }
+  | { event: 'cancelled' }
+  | { event: 'error'; error: AppError };
+
 /** Errors from the backend arrive as `{kind, message}`; anything else is wrapped. */
 export function asAppError(e: unknown): AppError {
   if (e && typeof e === 'object' && 'kind' in e && 'message' in e) {
@@ -110,6 +156,16 @@ function streamChannel(onEvent: (e: StreamEvent) => void): Channel<StreamEvent> 
 export const api = {
   modelStatus: () => invoke<ModelStatus>('model_status'),
   openModel: (path: string) => invoke<void>('open_model', { path }),
+  modelsOverview: () => invoke<ModelsOverview>('models_overview'),
+  saveToken: (token: string) => invoke<TokenState>('save_token', { token }),
+  forgetToken: () => invoke<TokenState>('forget_token'),
+  downloadModel: (repoId: string, onEvent: (e: DownloadEvent) => void) => {
+    const channel = new Channel<DownloadEvent>();
+    channel.onmessage = onEvent;
+    return invoke<void>('download_model', { repoId, onEvent: channel });
+  },
+  cancelDownload: () => invoke<void>('cancel_download'),
+  setLoadSettings: (settings: LoadSettings) => invoke<void>('set_load_settings', { settings }),
   listConversations: (query = '') => invoke<ConversationSummary[]>('list_conversations', { query }),
   createConversation: () => invoke<ConversationSummary>('create_conversation', {}),
   renameConversation: (id: number, title: string) => invoke<void>('rename_conversation', { id, title }),

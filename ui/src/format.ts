@@ -1,4 +1,4 @@
-import type { ReplyStats, Status } from './api';
+import type { DownloadProgress, ReplyStats, Status } from './api';
 
 /** The line under a reply: speed, time to first token, length, and why it stopped. */
 export function formatStats(stats: ReplyStats): string {
@@ -45,4 +45,28 @@ export function kindOfFile(file: { type: string; name: string }): 'image' | 'aud
   if (/\.(png|jpe?g|gif|webp|bmp)$/i.test(file.name)) return 'image';
   if (/\.(wav|mp3|flac|ogg|m4a)$/i.test(file.name)) return 'audio';
   return null;
+}
+
+/** `10.9 GB`, `340 MB`, `12 KB` (decimal units, as disk sizes are sold). */
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(1)} GB`;
+  if (bytes >= 1e6) return `${Math.round(bytes / 1e6)} MB`;
+  if (bytes >= 1e3) return `${Math.round(bytes / 1e3)} KB`;
+  return `${bytes} B`;
+}
+
+/** `45 s`, `12 min`, `2 h 5 min`. */
+export function formatEta(seconds: number): string {
+  if (seconds < 60) return `${Math.max(1, Math.round(seconds))} s`;
+  const min = Math.round(seconds / 60);
+  if (min < 60) return `${min} min`;
+  return `${Math.floor(min / 60)} h ${min % 60} min`;
+}
+
+/** The line under the download bar: amount, speed and time left. */
+export function formatDownload(p: DownloadProgress): string {
+  const parts = [`${formatBytes(p.doneBytes)} of ${formatBytes(p.totalBytes)}`];
+  if (p.bytesPerSecond > 0) parts.push(`${formatBytes(p.bytesPerSecond)}/s`);
+  if (p.etaSeconds != null) parts.push(`${formatEta(p.etaSeconds)} left`);
+  return parts.join(' · ');
 }

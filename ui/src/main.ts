@@ -8,12 +8,17 @@ import {
   type Attachment,
   type Conversation,
   type ConversationSummary,
+  type DownloadEvent,
+  type DownloadProgress,
+  type LoadSettings,
+  type ModelChoice,
+  type ModelsOverview,
   type ModelStatus,
   type Sampling,
   type StoredMessage,
   type StreamEvent,
 } from './api';
-import { formatDuration, formatStats, keyAction, kindOfFile, statusNote } from './format';
+import { formatBytes, formatDownload, formatDuration, formatStats, keyAction, kindOfFile, statusNote } from './format';
 import { renderInto } from './markdown';
 
 function h<K extends keyof HTMLElementTagNameMap>(
@@ -40,7 +45,10 @@ function button(label: string, text: string, onClick: () => void, cls = ''): HTM
 class ChatApp {
   private conversations: ConversationSummary[] = [];
   private current: Conversation | null = null;
-  private model: ModelStatus = { state: 'loading', path: '' };
+  private model: ModelStatus = { state: 'loading', path: '', progress: 0 };
+  private overview: ModelsOverview | null = null;
+  /** The download this window started: its model, last progress and how it ended. */
+  private download: { id: string; progress: DownloadProgress | null } | null = null;
   private pending: Attachment[] = [];
   /** The reply being streamed: its message id, element and text so far. */
   private streaming: { conversationId: number; id: number; text: string; body: HTMLElement | null } | null = null;
@@ -64,6 +72,7 @@ class ChatApp {
   private timer = h('span', { class: 'timer', 'aria-label': 'Recording time', text: '0:00' });
   private alerts = h('div', { class: 'alerts', role: 'alert' });
   private settings = h('section', { class: 'settings', 'aria-label': 'Chat settings', hidden: '' });
+  private models = h('section', { class: 'settings models', 'aria-label': 'Models', hidden: '' });
   private dropOverlay = h('div', { class: 'drop-overlay', hidden: '', text: 'Drop images or audio to attach' });
 
   async start(root: HTMLElement): Promise<void> {
@@ -71,6 +80,11 @@ class ChatApp {
     this.wireEvents();
     await listen<ModelStatus>('model-status', (e) => this.setModel(e.payload)).catch(() => undefined);
     this.setModel(await api.modelStatus());
+    await this.refreshModels();
+    // First run: nothing but the demo model, so offer the real ones.
+    if (this.overview && this.overview.choices.every((c) => !c.localPath) && !(this.model.state === 'ready' && !this.model.model.demo)) {
+      this.models.hidden = false;
+    }
     await this.refreshList();
     if (this.conversations.length > 0) await this.open(this.conversations[0].id);
     else this.renderConversation();
@@ -94,6 +108,7 @@ class ChatApp {
       { class: 'topbar' },
       this.title,
       this.modelBadge,
+      button('Models', 'Models', () => this.toggleModels()),
       button('Chat settings', 'Settings', () => this.toggleSettings()),
     );
     const attach = button('Attach', 'Attach', () => this.fileInput.click());
@@ -104,7 +119,7 @@ class ChatApp {
       h('div', { class: 'composer-row' }, attach, this.recordButton, this.meter, this.timer, this.input, this.sendButton, this.stopButton),
       this.fileInput,
     );
-    const main = h('main', { class: 'main' }, header, this.settings, this.alerts, this.log, composer);
+    const main = h('main', { class: 'main' }, header, this.models, this.settings, this.alerts, this.log, composer);
     return h('div', { class: 'shell' }, sidebar, main, this.dropOverlay);
   }
 
@@ -191,7 +206,7 @@ class ChatApp {
     this.model = status;
     this.modelBadge.className = 'model-badge';
     if (status.state === 'loading') {
-      this.modelBadge.textContent = 'Loading model…';
+      this.modelBadge.textContent = `Loading model… ${Math.floor(status.progress * 100)}%`;
       this.modelBadge.classList.add('loading');
     } else if (status.state === 'ready') {
       this.modelBadge.textContent = status.model.demo ? 'Demo model — replies are noise' : status.model.name;
@@ -203,6 +218,7 @@ class ChatApp {
       this.showError(status.error);
     }
     if (!this.settings.hidden) this.renderSettings();
+    if (!this.models.hidden && status.state !== 'loading') void this.refreshModels();
   }
 
   private defaults(): Sampling {
@@ -572,7 +588,6 @@ class ChatApp {
     const [kLabel, k] = field('Top-k', s.topK == null ? '' : String(s.topK), { type: 'number', min: '1', step: '1' });
     const [pLabel, p] = field('Top-p', s.topP == null ? '' : String(s.topP), { type: 'number', min: '0.01', max: '1', step: '0.01' });
     const [mLabel, m] = field('Max tokens', String(s.maxNewTokens), { type: 'number', min: '1', step: '1' });
-    const [modelLabel, modelPath] = field('Model folder', this.model.state === 'ready' ? this.model.model.path : '', { type: 'text', placeholder: '/path/to/gemma-3n-E2B-it' });
     const save = async () => {
       if (!c) return;
       try {
@@ -612,14 +627,6 @@ class ChatApp {
         this.showError(e);
       }
     };
-    const openModel = async () => {
-      try {
-        await api.openModel(modelPath.value.trim());
-        this.setModel({ state: 'loading', path: modelPath.value.trim() });
-      } catch (e) {
-        this.showError(e);
-      }
-    };
     this.settings.replaceChildren(
       h('h2', { text: 'Chat settings' }),
       h('label', { class: 'wide' }, h('span', { text: 'System prompt' }), prompt),
@@ -632,10 +639,175 @@ class ChatApp {
         button('Export Markdown', 'Export Markdown', () => void exportAs('markdown')),
         button('Export JSON', 'Export JSON', () => void exportAs('json')),
       ),
-      h('h2', { text: 'Model' }),
-      h('div', { class: 'grid' }, modelLabel, button('Open model', 'Open model', () => void openModel())),
     );
-    for (const b of this.settings.querySelectorAll('button')) if (!c && b.getAttribute('aria-label') !== 'Open model') b.disabled = true;
+    for (const b of this.settings.querySelectorAll('button')) if (!c) b.disabled = true;
+  }
+
+  // ---- Models: download, token, local folder, load settings ----
+
+  private toggleModels(): void {
+    this.models.hidden = !this.models.hidden;
+    if (!this.models.hidden) void this.refreshModels();
+  }
+
+  private async refreshModels(): Promise<void> {
+    try {
+      this.overview = await api.modelsOverview();
+    } catch (e) {
+      this.showError(e);
+      return;
+    }
+    this.renderModels();
+  }
+
+  private async openModel(path: string): Promise<void> {
+    try {
+      await api.openModel(path);
+      this.setModel({ state: 'loading', path, progress: 0 });
+    } catch (e) {
+      this.showError(e);
+    }
+  }
+
+  private async startDownload(choice: ModelChoice): Promise<void> {
+    this.download = { id: choice.id, progress: null };
+    this.renderModels();
+    const onEvent = (e: DownloadEvent) => {
+      if (e.event === 'progress') {
+        if (this.download) this.download.progress = e.progress;
+        this.renderDownload();
+        return;
+      }
+      this.download = null;
+      if (e.event === 'done') void this.openModel(e.path);
+      if (e.event === 'error') this.showError(e.error);
+      void this.refreshModels();
+    };
+    try {
+      await api.downloadModel(choice.id, onEvent);
+    } catch (e) {
+      this.download = null;
+      this.showError(e);
+      void this.refreshModels();
+    }
+  }
+
+  // Built once and updated in place, so Cancel stays clickable while progress streams in.
+  private downloadTitle = h('span');
+  private downloadMeter = h('progress', { 'aria-label': 'Download progress', max: '1', value: '0' });
+  private downloadText = h('span', { class: 'download-text' });
+  private downloadBar = h(
+    'div',
+    { class: 'download', hidden: '' },
+    this.downloadTitle,
+    this.downloadMeter,
+    this.downloadText,
+    button('Cancel download', 'Cancel download', () => void api.cancelDownload().catch((e) => this.showError(e)), 'danger'),
+  );
+
+  private renderDownload(): void {
+    const d = this.download;
+    this.downloadBar.hidden = !d;
+    if (!d) return;
+    const p = d.progress;
+    this.downloadTitle.textContent = `Downloading ${d.id}`;
+    this.downloadMeter.max = p?.totalBytes || 1;
+    this.downloadMeter.value = p?.doneBytes ?? 0;
+    this.downloadText.textContent = p ? `${formatDownload(p)} — ${p.file}` : 'Starting…';
+  }
+
+  private renderModels(): void {
+    const o = this.overview;
+    if (!o) return;
+    if (!this.download && o.downloading) this.download = { id: o.downloading, progress: null };
+    const busy = this.download !== null;
+    const cards = o.choices.map((c) => {
+      const missing = c.downloadBytes - c.partialBytes;
+      const fits = o.freeBytes == null || o.freeBytes >= missing;
+      const short = c.label.split(' (')[0];
+      const ram = c.ram.map((r) => `${r.weights} ${r.measured ? '' : '~'}${formatBytes(r.bytes)}`).join(' · ');
+      let action: HTMLElement;
+      if (c.localPath) {
+        action = button(`Use ${short}`, 'Use', () => void this.openModel(c.localPath!), 'primary');
+      } else {
+        const verb = c.partialBytes > 0 ? 'Resume download' : 'Download';
+        action = button(`${verb} ${short}`, verb, () => void this.startDownload(c), 'primary');
+        // An estimate: the backend checks the real sizes and refuses what cannot fit.
+        (action as HTMLButtonElement).disabled = busy;
+      }
+      return h(
+        'div',
+        { class: 'model-card', 'aria-label': short },
+        h('strong', { text: c.label }),
+        h('span', { text: c.id }),
+        h('span', { text: `Download ${formatBytes(c.downloadBytes)}${c.partialBytes > 0 ? ` (${formatBytes(c.partialBytes)} already here)` : ''}` }),
+        h('span', { text: `Memory by weight format (~ estimated): ${ram}` }),
+        h('span', { class: 'model-state', text: c.localPath ? 'On this computer — works offline' : fits ? 'Not downloaded' : `Not enough free disk space (needs ${formatBytes(missing)})` }),
+        action,
+      );
+    });
+
+    const token = h('input', { type: 'password', 'aria-label': 'Hugging Face token', placeholder: o.token.saved ? 'Token saved' : 'hf_…', autocomplete: 'off' });
+    const saveToken = async () => {
+      try {
+        const state = await api.saveToken(token.value);
+        if (this.overview) this.overview.token = state;
+        this.renderModels();
+      } catch (e) {
+        this.showError(e);
+      }
+    };
+    const forgetToken = async () => {
+      try {
+        const state = await api.forgetToken();
+        if (this.overview) this.overview.token = state;
+        this.renderModels();
+      } catch (e) {
+        this.showError(e);
+      }
+    };
+    const tokenNote = o.token.message ?? (o.token.saved ? 'Saved in the system keychain.' : 'The Gemma repos are gated: accept the licence on huggingface.co, then paste a read token.');
+
+    const folder = h('input', { type: 'text', 'aria-label': 'Model folder', placeholder: '/path/to/gemma-3n-E2B-it' });
+    if (this.model.state === 'ready' && !this.model.model.demo) folder.value = this.model.model.path;
+
+    const weights = h('select', { 'aria-label': 'Weight format' });
+    for (const [value, text] of [['f32', 'f32 (dense, exact)'], ['bf16', 'bf16'], ['q8_0', 'q8_0 (8-bit)'], ['q4k', 'q4k (4-bit, smallest)']]) {
+      weights.append(h('option', { value, text }));
+    }
+    weights.value = o.loadSettings.weights;
+    const threads = h('input', { type: 'number', min: '1', step: '1', 'aria-label': 'Threads', placeholder: 'one per core' });
+    threads.value = o.loadSettings.threads == null ? '' : String(o.loadSettings.threads);
+    const saveLoad = async (reload: boolean) => {
+      const settings: LoadSettings = { weights: weights.value as LoadSettings['weights'], threads: threads.value.trim() === '' ? null : Number(threads.value) };
+      try {
+        await api.setLoadSettings(settings);
+        if (this.overview) this.overview.loadSettings = settings;
+        if (reload && this.model.state === 'ready') await this.openModel(this.model.model.path);
+      } catch (e) {
+        this.showError(e);
+      }
+    };
+
+    this.renderDownload();
+    this.models.replaceChildren(
+      h('h2', { text: 'Models' }),
+      h('p', { class: 'hint', text: `Free disk space: ${o.freeBytes == null ? 'unknown' : formatBytes(o.freeBytes)} in ${o.cacheDir}` }),
+      h('div', { class: 'model-cards' }, ...cards),
+      this.downloadBar,
+      h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Hugging Face token' }), token),
+        h('div', { class: 'actions' }, button('Save token', 'Save token', () => void saveToken()), button('Forget token', 'Forget token', () => void forgetToken()))),
+      h('p', { class: 'hint token-note', text: tokenNote }),
+      h('h2', { text: 'Local model' }),
+      h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Model folder' }), folder),
+        button('Open model folder', 'Open model folder…', () => void this.openModel(folder.value.trim()))),
+      h('h2', { text: 'Loading' }),
+      h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Weight format' }), weights), h('label', {}, h('span', { text: 'Threads' }), threads)),
+      h('div', { class: 'actions' },
+        button('Save load settings', 'Save', () => void saveLoad(false), 'primary'),
+        button('Reload model with these settings', 'Save and reload', () => void saveLoad(true)),
+        button('Close models', 'Close', () => (this.models.hidden = true))),
+    );
   }
 }
 

@@ -231,6 +231,43 @@ test('settings hold the system prompt and sampling, defaulting to the model', as
   assert.equal(calls.at(-1).sampling.topK, 64);
 });
 
+test('first run offers the models; a download shows progress, cancels, fails clearly and resumes', async () => {
+  const models = page.getByRole('region', { name: 'Models' });
+  await models.getByText('Download 10.9 GB').waitFor();
+  await models.getByText('Free disk space: 12.0 GB in /home/me/.cache/huggingface/hub').waitFor();
+  await models.getByText(/No OS keychain is available .* session only/).waitFor();
+  // E4B (15.7 GB) cannot fit in 12 GB: said at once, and refused when tried.
+  await models.getByText('Not enough free disk space (needs 15.7 GB)').waitFor();
+  await models.getByRole('button', { name: 'Download Gemma 3n E4B' }).click();
+  await page.locator('.alert[data-kind="download"]').getByText('not enough disk space').waitFor();
+
+  await models.getByRole('button', { name: 'Download Gemma 3n E2B' }).click();
+  await models.getByRole('progressbar', { name: 'Download progress' }).waitFor();
+  await models.getByText(/GB of 10\.9 GB · 25 MB\/s · .+ left — model-00001-of-00004\.safetensors/).waitFor();
+  await page.screenshot({ path: join(shots, 'download.png') });
+  await models.getByRole('button', { name: 'Cancel download' }).click();
+  await models.getByRole('button', { name: 'Resume download Gemma 3n E2B' }).waitFor();
+  await models.getByText(/GB already here/).waitFor();
+
+  await page.evaluate(() => { window.__mock.downloadFails = true; });
+  await models.getByRole('button', { name: 'Resume download Gemma 3n E2B' }).click();
+  await page.locator('.alert[data-kind="download"]').getByText('the connection was lost').waitFor();
+  await models.getByRole('button', { name: 'Resume download Gemma 3n E2B' }).click();
+  await models.getByRole('button', { name: 'Use Gemma 3n E2B' }).waitFor();
+  await models.getByText('On this computer — works offline').waitFor();
+  const opened = await page.evaluate(() => window.__mock.calls.filter((c) => c.cmd === 'open_model').map((c) => c.args.path));
+  assert.match(opened.at(-1), /models--google--gemma-3n-E2B-it\/snapshots\//, 'the finished download is loaded');
+  await page.getByRole('status').getByText(/Loading model… 0%/).waitFor();
+
+  await models.getByLabel('Hugging Face token').fill('hf_secret');
+  await models.getByRole('button', { name: 'Save token' }).click();
+  await models.getByRole('combobox', { name: 'Weight format' }).selectOption('q4k');
+  await models.getByRole('spinbutton', { name: 'Threads' }).fill('2');
+  await models.getByRole('button', { name: 'Save load settings' }).click();
+  const calls = await page.evaluate(() => window.__mock.calls.filter((c) => ['save_token', 'set_load_settings'].includes(c.cmd)).map((c) => c.args));
+  assert.deepEqual(calls, [{ token: 'hf_secret' }, { settings: { weights: 'q4k', threads: 2 } }]);
+});
+
 test('dark theme follows the OS', async () => {
   await page.context().close();
   await openApp('dark');

@@ -2,7 +2,9 @@
 // Started by scripts/test-desktop.sh, which provides the display, the driver on
 // $WEBDRIVER_PORT, and the app's environment (data folder, test microphone source).
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -195,4 +197,78 @@ test('after a restart the conversations are still there', async () => {
     return !!img && img.complete && img.naturalWidth > 0;
   }), { timeout: 20000, timeoutMsg: 'the image did not come back' });
   await shot('after-restart');
+});
+
+// A stand-in for the Hugging Face Hub at $HF_ENDPOINT (set by scripts/test-desktop.sh): the demo
+// model's files as the repo google/gemma-3n-E2B-it, sent slowly enough for progress to show.
+const HUB_REPO = 'google/gemma-3n-E2B-it';
+const HUB_COMMIT = 'e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0';
+
+function startHub(port) {
+  const dir = join(fixtures, 'model');
+  const files = readdirSync(dir).map((name) => {
+    const bytes = readFileSync(join(dir, name));
+    const digest = (alg) => createHash(alg).update(bytes).digest('hex');
+    return { name, bytes, sha1: digest('sha1'), sha256: digest('sha256') };
+  });
+  const server = createServer(async (req, res) => {
+    const url = new URL(req.url, 'http://hub');
+    if (url.pathname.startsWith(`/api/models/${HUB_REPO}`)) {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({
+        sha: HUB_COMMIT,
+        siblings: files.map((f) => f.name.endsWith('.safetensors')
+          ? { rfilename: f.name, size: 134, blobId: f.sha1, lfs: { sha256: f.sha256, size: f.bytes.length } }
+          : { rfilename: f.name, size: f.bytes.length, blobId: f.sha1 }),
+      }));
+      return;
+    }
+    const f = files.find((f) => url.pathname === `/${HUB_REPO}/resolve/${HUB_COMMIT}/${f.name}`);
+    if (!f) {
+      res.writeHead(404).end();
+      return;
+    }
+    const start = Number(/bytes=(\d+)-/.exec(req.headers.range ?? '')?.[1] ?? 0);
+    const size = f.bytes.length;
+    res.writeHead(start ? 206 : 200, {
+      'content-length': size - start,
+      ...(start ? { 'content-range': `bytes ${start}-${size - 1}/${size}` } : {}),
+    });
+    for (let at = start; at < size && !res.destroyed; at += 64 * 1024) {
+      res.write(f.bytes.subarray(at, at + 64 * 1024));
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    res.end();
+  });
+  server.listen(Number(port), '127.0.0.1');
+  return server;
+}
+
+test('a model downloads from the Hub with progress, then loads and answers', async () => {
+  assert.ok(process.env.HUB_PORT, 'HUB_PORT and HF_ENDPOINT come from scripts/test-desktop.sh');
+  const hub = startHub(process.env.HUB_PORT);
+  try {
+    // Nothing but the demo model yet: the Models panel is open, as on a first run.
+    await waitText('section[aria-label="Models"]', /Download 10\.9 GB/);
+    assert.ok(await (await $('section[aria-label="Models"]')).isDisplayed());
+    await shot('models');
+    await (await $('button[aria-label="Download Gemma 3n E2B"]')).click();
+    await app.waitUntil(() => app.execute(() => {
+      const bar = document.querySelector('progress[aria-label="Download progress"]');
+      return !!bar && bar.value > 0 && bar.value < bar.max;
+    }), { timeout: 30000, interval: 50, timeoutMsg: 'no download progress was shown' });
+    await waitText('.download-text', /of \d+ MB · .+\/s/);
+    await shot('downloading');
+    // The finished download is loaded at once, and named by its repo.
+    await waitText('.model-badge', /^google\/gemma-3n-E2B-it$/, 120000);
+    await waitText('section[aria-label="Models"]', /On this computer — works offline/);
+    await (await $('button[aria-label="New chat"]')).click();
+    await type('Hello, downloaded model');
+    const before = await replyCount();
+    await (await $('button[aria-label="Send"]')).click();
+    await waitReplyEnded(before + 1);
+    await shot('downloaded-model-reply');
+  } finally {
+    hub.close();
+  }
 });

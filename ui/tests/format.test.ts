@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { asAppError, attachmentFileName } from '../src/api';
-import { formatDuration, formatStats, keyAction, kindOfFile, statusNote } from '../src/format';
+import { formatBytes, formatDownload, formatDuration, formatEta, formatStats, keyAction, kindOfFile, statusNote } from '../src/format';
 
 const key = (key: string, mods: Partial<KeyboardEvent> = {}) => ({
   key, shiftKey: false, ctrlKey: false, metaKey: false, isComposing: false, ...mods,
@@ -52,5 +52,26 @@ describe('files', () => {
   it('wraps unknown errors', () => {
     expect(asAppError({ kind: 'busy', message: 'm' })).toEqual({ kind: 'busy', message: 'm' });
     expect(asAppError(new Error('boom'))).toEqual({ kind: 'internal', message: 'Error: boom' });
+  });
+});
+
+describe('download progress', () => {
+  it('formats sizes in decimal units', () => {
+    expect(formatBytes(10_900_000_000)).toBe('10.9 GB');
+    expect(formatBytes(340_000_000)).toBe('340 MB');
+    expect(formatBytes(12_345)).toBe('12 KB');
+    expect(formatBytes(5)).toBe('5 B');
+  });
+  it('formats the time left', () => {
+    expect(formatEta(0.2)).toBe('1 s');
+    expect(formatEta(45)).toBe('45 s');
+    expect(formatEta(720)).toBe('12 min');
+    expect(formatEta(7500)).toBe('2 h 5 min');
+  });
+  it('says amount, speed and time left, leaving out what is unknown', () => {
+    expect(formatDownload({ file: 'a', doneBytes: 1_200_000_000, totalBytes: 10_900_000_000, bytesPerSecond: 12_000_000, etaSeconds: 808 }))
+      .toBe('1.2 GB of 10.9 GB · 12 MB/s · 13 min left');
+    expect(formatDownload({ file: 'a', doneBytes: 0, totalBytes: 10_900_000_000, bytesPerSecond: 0, etaSeconds: null }))
+      .toBe('0 B of 10.9 GB');
   });
 });

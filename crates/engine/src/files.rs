@@ -53,13 +53,9 @@ fn check_folder(dir: &Path) -> Result<PathBuf> {
 fn from_hub(repo_id: &str, progress: bool) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     let cache = hf_hub::Cache::from_env();
-    let cached = cache.model(repo_id.to_string());
     // Everything already cached: stay offline.
-    if let Some(config) = cached.get("config.json") {
-        let dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
-        if weights_complete(&dir) && check_folder(&dir).is_ok() {
-            return Ok(dir);
-        }
+    if let Some(dir) = cached_model(&cache, repo_id) {
+        return Ok(dir);
     }
     let mut builder = ApiBuilder::from_cache(cache).with_progress(progress);
     // HF_TOKEN wins over a token saved by `huggingface-cli login`, which the cache provides.
@@ -93,6 +89,13 @@ fn from_hub(repo_id: &str, progress: bool) -> Result<PathBuf> {
         }
     }
     Ok(config.parent().unwrap_or(Path::new(".")).to_path_buf())
+}
+
+/// The snapshot folder of `repo_id` in `cache` when every file it needs is there.
+pub fn cached_model(cache: &hf_hub::Cache, repo_id: &str) -> Option<PathBuf> {
+    let config = cache.model(repo_id.to_string()).get("config.json")?;
+    let dir = config.parent()?.to_path_buf();
+    (weights_complete(&dir) && check_folder(&dir).is_ok()).then_some(dir)
 }
 
 fn shard_names(index: &Path) -> Result<Vec<String>> {

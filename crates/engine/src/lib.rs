@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod chat;
+pub mod download;
 pub mod engine;
 pub mod error;
 pub mod files;
@@ -14,6 +15,6 @@ pub mod stream;
 pub use chat::{load_messages, Message, Part, Role};
 pub use engine::{Engine, GenerationReport, Prefill, PromptForward, StopReason};
 pub use error::{Error, Result};
-pub use files::resolve_model;
+pub use files::{cached_model, resolve_model};
 pub use gemma3n::{LoadOptions, WeightFormat};
 pub use sampling::SamplingParams;
