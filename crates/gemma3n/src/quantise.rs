@@ -48,15 +48,34 @@ fn inverse(d: f32) -> f32 {
     }
 }
 
-/// Largest magnitude of a block of 16 or 32 values, lane-wise so that it vectorises.
+/// Round to nearest (ties to even) for |v| < 2²², by adding 1.5·2²³ so the integer lands in the
+/// mantissa bits: plain float and integer arithmetic that vectorises, where the saturating
+/// float-to-int casts do not.  Callers' values are bounded by their scales.
+fn nearest(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// Largest magnitude of a block.  Non-negative floats order like their bit patterns, and an
+/// integer maximum vectorises where a float one (NaN rules) does not.
 fn max_abs(xs: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    for chunk in xs.chunks_exact(16) {
-        for (m, v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v.abs());
-        }
-    }
-    lanes.iter().fold(0f32, |a, &v| a.max(v))
+    f32::from_bits(
+        xs.iter()
+            .map(|v| v.to_bits() & 0x7fff_ffff)
+            .max()
+            .unwrap_or(0),
+    )
+}
+
+/// An integer that orders like the float `v` (negative floats have their magnitude bits flipped),
+/// so block minima and maxima are integer reductions, which vectorise.
+fn to_ordered(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ ((b >> 31) & 0x7fff_ffff)
+}
+
+fn from_ordered(o: i32) -> f32 {
+    f32::from_bits((o ^ ((o >> 31) & 0x7fff_ffff)) as u32)
 }
 
 impl Quantise for BlockQ8_0 {
@@ -70,7 +89,7 @@ impl Quantise for BlockQ8_0 {
             let id = inverse(d);
             out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
             for (q, v) in out[2..].iter_mut().zip(x) {
-                *q = (v * id).round_ties_even() as i8 as u8;
+                *q = nearest(v * id) as u8;
             }
         }
     }
@@ -87,16 +106,8 @@ impl Quantise for BlockQ4K {
             let mut scale = [0f32; 8];
             let mut offset = [0f32; 8];
             for (s, sub) in x.chunks_exact(32).enumerate() {
-                let mut lo = [0f32; 16];
-                let mut hi = [f32::MIN; 16];
-                for chunk in sub.chunks_exact(16) {
-                    for l in 0..16 {
-                        lo[l] = lo[l].min(chunk[l]);
-                        hi[l] = hi[l].max(chunk[l]);
-                    }
-                }
-                let lo = lo.iter().fold(0f32, |a, &v| a.min(v));
-                let hi = hi.iter().fold(f32::MIN, |a, &v| a.max(v));
+                let lo = from_ordered(sub.iter().map(|&v| to_ordered(v)).fold(0, i32::min));
+                let hi = from_ordered(sub.iter().map(|&v| to_ordered(v)).fold(i32::MIN, i32::max));
                 scale[s] = (hi - lo) / 15.0;
                 offset[s] = -lo;
             }
@@ -120,9 +131,7 @@ impl Quantise for BlockQ4K {
             let step = ls.map(|l| inverse(d.to_f32() * l as f32));
             let shift = lm.map(|m| dmin.to_f32() * m as f32);
             let quant = |s: usize, l: usize| {
-                ((x[s * 32 + l] + shift[s]) * step[s])
-                    .round()
-                    .clamp(0.0, 15.0) as u8
+                nearest((x[s * 32 + l] + shift[s]) * step[s]).clamp(0, 15) as u8
             };
             // Sub-blocks 2i and 2i+1 share 32 bytes: low and high nibbles.
             for (pair, q) in qs.chunks_exact_mut(32).enumerate() {
@@ -153,7 +162,7 @@ impl Quantise for BlockQ6K {
             for (s, chunk) in q.chunks_exact_mut(16).enumerate() {
                 let step = inverse(d.to_f32() * sc[s] as f32);
                 for (qv, v) in chunk.iter_mut().zip(&x[s * 16..]) {
-                    *qv = ((v * step).round().clamp(-32.0, 31.0) + 32.0) as u8;
+                    *qv = (nearest(v * step).clamp(-32, 31) + 32) as u8;
                 }
             }
 
@@ -243,6 +252,20 @@ mod tests {
     #[test]
     fn q6k_is_close_to_the_reference() {
         compare::<BlockQ6K>(1.3);
+    }
+
+    #[test]
+    fn nearest_rounds_half_to_even() {
+        for (v, want) in [
+            (0.4, 0),
+            (0.5, 0),
+            (1.5, 2),
+            (-1.5, -2),
+            (-0.6, -1),
+            (126.7, 127),
+        ] {
+            assert_eq!(nearest(v), want, "{v}");
+        }
     }
 
     #[test]
