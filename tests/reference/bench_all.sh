@@ -16,10 +16,12 @@ OUT=${OUT:-$FULL/results}
 FORMATS=${FORMATS:-q8_0:Q8_0 q4k:Q4_K_M bf16:BF16}
 OURS=${OURS:-target/release/examples/bench}
 TORCH=${TORCH:-1}
+TORCH_TG=${TORCH_TG:-$TG}
 mkdir -p "$OUT"
 peak() { /usr/bin/time -f 'peak_rss_kb=%M' "$@"; }
 
-"$PY" tests/reference/bench_bandwidth.py --threads 2 > "$OUT/bandwidth.txt"
+gcc -O3 -march=native -fopenmp tests/reference/bench_bandwidth.c -o "$OUT/bandwidth"
+OMP_NUM_THREADS=2 "$OUT/bandwidth" > "$OUT/bandwidth.txt"
 for fmt in $FORMATS; do
   ours=${fmt%%:*} gguf=${fmt##*:}
   peak "$OURS" "$FULL/E2B" --quant "$ours" --threads 2 \
@@ -30,5 +32,5 @@ for fmt in $FORMATS; do
     "${extra[@]}" -o json > "$OUT/llama-$ours.txt" 2>&1
 done
 [ "$TORCH" = 1 ] && peak "$PY" tests/reference/bench_torch.py "$FULL/E2B" --threads 2 \
-  --prompt-tokens "$PP" --gen-tokens "$TG" > "$OUT/torch-bf16.txt" 2>&1
-grep -H -E 'read_gb_s|prefill_tok_s|avg_ts|peak_rss_kb' "$OUT"/*.txt
+  --prompt-tokens "$PP" --gen-tokens "$TORCH_TG" > "$OUT/torch-bf16.txt" 2>&1
+grep -H -E 'read_gb_s_4k|prefill_tok_s|avg_ts|peak_rss_kb' "$OUT"/*.txt
