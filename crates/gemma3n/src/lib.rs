@@ -14,6 +14,7 @@ pub mod loader;
 pub mod model;
 pub mod nn;
 pub mod quant;
+mod quantise;
 pub mod text;
 pub mod vision;
 

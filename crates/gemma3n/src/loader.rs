@@ -179,11 +179,33 @@ impl Checkpoint {
 
     fn read(&self, name: &str) -> candle_core::Result<Tensor> {
         let e = self.entry(name)?;
-        let mut bytes = vec![0u8; e.end - e.start];
-        read_at(&self.handles[e.file], &mut bytes, e.start as u64)
+        match e.dtype {
+            DType::BF16 => self.read_as::<half::bf16>(name, e),
+            DType::F16 => self.read_as::<half::f16>(name, e),
+            _ => self.read_as::<f32>(name, e),
+        }
+    }
+
+    /// Read straight into the tensor's own buffer: one allocation and no copy, which matters
+    /// when gigabytes of weights pass through here (safetensors data is little-endian, as are
+    /// the hosts candle supports).
+    fn read_as<T: candle_core::WithDType>(
+        &self,
+        name: &str,
+        e: &Entry,
+    ) -> candle_core::Result<Tensor> {
+        let mut data = vec![T::zero(); (e.end - e.start) / std::mem::size_of::<T>()];
+        // SAFETY: `T` is a plain number type, so its buffer may be viewed and written as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                data.as_mut_ptr() as *mut u8,
+                std::mem::size_of_val(data.as_slice()),
+            )
+        };
+        read_at(&self.handles[e.file], bytes, e.start as u64)
             .map_err(|err| candle_core::Error::Msg(format!("reading {name}: {err}")))?;
         self.note_read(bytes.len());
-        Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &Device::Cpu)
+        Tensor::from_vec(data, e.shape.as_slice(), &Device::Cpu)
     }
 }
 

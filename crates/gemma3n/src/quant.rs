@@ -1,20 +1,22 @@
 //! Linear layers whose weights are stored packed (bf16 or a ggml block quantisation) on the CPU.
 //!
-//! Candle's `QMatMul` walks the weight once per activation row, which is right for decoding one
-//! token but streams the whole matrix from memory again for every prompt token.  Here the output
-//! columns are split across the rayon pool and every weight row, once in cache, is applied to a
-//! block of activation rows, so prefill is bounded by arithmetic instead of memory bandwidth.  The
-//! block formats and their dot-product kernels are candle's (`candle_core::quantized::k_quants`).
+//! Decoding (one activation row) uses candle's dot-product kernels on the packed rows
+//! (`candle_core::quantized::k_quants`), split by output columns across the rayon pool: it reads
+//! each weight once, at memory bandwidth.  Prefill (many rows) is arithmetic-bound instead: each
+//! task widens a tile of weight rows to f32 once, while it is in cache, and multiplies the whole
+//! activation block with it through the `gemm` crate's register-blocked f32 kernels.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use half::bf16;
 use rayon::prelude::*;
+
+use crate::quantise::Quantise;
 
 /// How the decoder's large matrices are stored after loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,44 +112,141 @@ pub trait PackedMatmul: Send + Sync {
     fn cols(&self) -> usize;
 }
 
-/// Rows converted per step when packing from a row source.
-const PACK_ROWS: usize = 4096;
+/// Writes row `r` of a matrix as f32 into the buffer; called from several threads at once.
+pub type RowSource<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
 
-impl<T: GgmlType + 'static> Packed<T> {
-    /// `fill(first_row, buf)` writes the next `buf.len() / cols` rows as f32.
-    fn new(rows: usize, cols: usize, fill: &dyn Fn(usize, &mut [f32])) -> Self {
+impl<T: Quantise + 'static> Packed<T> {
+    fn new(rows: usize, cols: usize, row: RowSource) -> Self {
         let per_row = cols / T::BLCK_SIZE;
         let mut blocks = Blocks::<T>::zeroed(rows * per_row);
-        let mut buf = vec![0f32; PACK_ROWS.min(rows) * cols];
-        for (step, dst) in blocks
+        blocks
             .as_mut_slice()
-            .chunks_mut(PACK_ROWS * per_row)
+            .par_chunks_mut(per_row)
+            .with_min_len(16)
             .enumerate()
-        {
-            let n = dst.len() / per_row;
-            let src = &mut buf[..n * cols];
-            fill(step * PACK_ROWS, src);
-            dst.par_chunks_mut(per_row)
-                .zip(src.par_chunks(cols))
-                .for_each(|(d, s)| T::from_float(s, d));
-        }
+            .for_each_init(
+                || vec![0f32; cols],
+                |buf, (r, dst)| {
+                    row(r, buf);
+                    T::quantise(buf, dst);
+                },
+            );
         Self { blocks, rows, cols }
+    }
+
+    /// Tiles of weight rows widened to f32 and multiplied with all `m` rows by `gemm`: the
+    /// prefill path.
+    fn matmul_gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let k = self.cols;
+        let per_row = k / T::BLCK_SIZE;
+        // A tile of widened rows fits in L2 beside the kernel's packed panels.
+        let tile = (TILE_FLOATS / k).clamp(8, 256);
+        let blocks = self.blocks.as_slice();
+        // Column-major activations are the kernel's left operand as is: no packing per tile.
+        let x_t = transpose(x, m, k);
+        let mut out_t = vec![0f32; self.rows * m];
+        out_t.par_chunks_mut(tile * m).enumerate().for_each_init(
+            Vec::new,
+            |w: &mut Vec<f32>, (t, dst)| {
+                let n = dst.len() / m;
+                w.resize(n * k, 0.0);
+                let first = t * tile * per_row;
+                T::to_float(&blocks[first..first + n * per_row], w);
+                // dst[i, j] at i + j·m and x[i, c] at i + c·m (column-major, what the
+                // micro-kernel prefers), w[j, c] at j·k + c read as the right operand (c, j).
+                // SAFETY: the strides and sizes above describe exactly the three buffers.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        dst.as_mut_ptr(),
+                        m as isize,
+                        1,
+                        false,
+                        x_t.as_ptr(),
+                        m as isize,
+                        1,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            },
+        );
+        transpose(&out_t, self.rows, m)
     }
 }
 
-impl<T: GgmlType + 'static> PackedMatmul for Packed<T> {
-    fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let k = self.cols;
-        let per_row = k / T::BLCK_SIZE;
-        // Activations in the kernel's companion format (q8 blocks for quantised weights).
-        let mut xq = vec![T::VecDotType::zeros(); m * per_row];
+/// The few-rows (decode) product of a block type.
+trait Kernel: Quantise + 'static {
+    /// Row-by-row dot products with the activations in the kernel's companion format (q8 blocks
+    /// for quantised weights).
+    fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
+        let k = p.cols;
+        let per_row = k / Self::BLCK_SIZE;
+        let mut xq = vec![Self::VecDotType::zeros(); m * per_row];
         xq.par_chunks_mut(per_row)
             .zip(x.par_chunks(k))
-            .for_each(|(dst, src)| T::VecDotType::from_float(src, dst));
-        let blocks = self.blocks.as_slice();
+            .for_each(|(dst, src)| Self::VecDotType::from_float(src, dst));
+        let blocks = p.blocks.as_slice();
         let w = |r: usize| &blocks[r * per_row..(r + 1) * per_row];
         let a = |i: usize| &xq[i * per_row..(i + 1) * per_row];
-        tiled(m, self.rows, |i, r| T::vec_dot(k, w(r), a(i)))
+        tiled(m, p.rows, |i, r| Self::vec_dot(k, w(r), a(i)))
+    }
+}
+
+impl Kernel for BlockQ8_0 {}
+impl Kernel for BlockQ4K {}
+impl Kernel for BlockQ6K {}
+impl Kernel for BlockQ4_0 {}
+
+impl Kernel for bf16 {
+    /// Activations stay f32.  (Candle's AVX bf16 dot product cannot be used: with F16C enabled
+    /// it loads bf16 with the f16 conversion instruction.)
+    fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
+        let k = p.cols;
+        let blocks = p.blocks.as_slice();
+        tiled(m, p.rows, |i, r| {
+            dot_bf16(&blocks[r * k..(r + 1) * k], &x[i * k..(i + 1) * k])
+        })
+    }
+}
+
+/// `Σ w·x` with bf16 `w` widened exactly; lane-wise partial sums so the loop vectorises.
+fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    const LANES: usize = 64;
+    let mut acc = [0f32; LANES];
+    let (wc, wt) = w.split_at(w.len() / LANES * LANES);
+    let (xc, xt) = x.split_at(wc.len());
+    for (w, x) in wc.chunks_exact(LANES).zip(xc.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += f32::from_bits((w[l].to_bits() as u32) << 16) * x[l];
+        }
+    }
+    let tail: f32 = wt.iter().zip(xt).map(|(w, x)| w.to_f32() * x).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// From this many activation rows on, the widened-tile GEMM beats row-by-row dot products.
+const GEMM_MIN_ROWS: usize = 8;
+
+/// f32 elements of weight widened per GEMM task (1 MiB).
+const TILE_FLOATS: usize = 1 << 18;
+
+impl<T: Kernel> PackedMatmul for Packed<T> {
+    fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        if m >= GEMM_MIN_ROWS {
+            self.matmul_gemm(x, m)
+        } else {
+            T::matmul_dot(self, x, m)
+        }
     }
 
     fn rows(&self) -> usize {
@@ -157,6 +256,17 @@ impl<T: GgmlType + 'static> PackedMatmul for Packed<T> {
     fn cols(&self) -> usize {
         self.cols
     }
+}
+
+/// `[n, m]` row-major → `[m, n]` row-major.
+fn transpose(src: &[f32], n: usize, m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = src[r * m + i];
+        }
+    });
+    out
 }
 
 /// Activation rows handled per pass over a column chunk: keeps both operands in L2.
@@ -193,13 +303,7 @@ fn tiled<F: Fn(usize, usize) -> f32 + Sync>(m: usize, n: usize, dot: F) -> Vec<f
                 }
             }
         });
-    let mut out = vec![0f32; m * n];
-    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        for (r, v) in row.iter_mut().enumerate() {
-            *v = out_t[r * m + i];
-        }
-    });
-    out
+    transpose(&out_t, n, m)
 }
 
 /// A bias-free linear layer, dense (candle) or packed (CPU only).
@@ -232,41 +336,44 @@ impl QLinear {
         {
             return Ok(Self::Dense(crate::nn::linear(in_dim, out_dim, vb)?));
         }
-        // Fetched as bf16 (what the checkpoints hold) and widened a slice at a time: no f32 copy
-        // of the whole matrix.
+        // Fetched as bf16 (what the checkpoints hold) and widened a row at a time while packing:
+        // no other copy of the matrix is made.
         let w =
             vb.get_with_hints_dtype((out_dim, in_dim), "weight", Init::Const(0.), DType::BF16)?;
-        let w = w.flatten_all()?.to_vec1::<bf16>()?;
-        let fill = |first: usize, buf: &mut [f32]| {
-            let src = &w[first * in_dim..first * in_dim + buf.len()];
-            for (d, s) in buf.iter_mut().zip(src) {
+        let (storage, layout) = w.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, _))) = (&*storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("packed weights must be contiguous CPU tensors");
+        };
+        let data = &cpu.as_slice::<bf16>()?[start..];
+        let row = |r: usize, buf: &mut [f32]| {
+            for (d, s) in buf.iter_mut().zip(&data[r * in_dim..(r + 1) * in_dim]) {
                 *d = s.to_f32();
             }
         };
-        Ok(Self::pack(out_dim, in_dim, format, false, &fill))
+        Ok(Self::pack(out_dim, in_dim, format, false, &row))
     }
 
-    /// Pack a `[rows, cols]` matrix produced by `fill(first_row, buf)` a slice of rows at a time;
-    /// `head` selects the LM-head recipe (6-bit where the layers get 4-bit).
+    /// Pack a `[rows, cols]` matrix whose rows `row` produces (in parallel); `head` selects the
+    /// LM-head recipe (6-bit where the layers get 4-bit).
     pub fn pack(
         rows: usize,
         cols: usize,
         format: WeightFormat,
         head: bool,
-        fill: &dyn Fn(usize, &mut [f32]),
+        row: RowSource,
     ) -> Self {
         let fits = |block: usize| cols.is_multiple_of(block);
         let packed: Arc<dyn PackedMatmul> = match format {
             WeightFormat::Q4K if head && fits(256) => {
-                Arc::new(Packed::<BlockQ6K>::new(rows, cols, fill))
+                Arc::new(Packed::<BlockQ6K>::new(rows, cols, row))
             }
-            WeightFormat::Q4K if fits(256) => Arc::new(Packed::<BlockQ4K>::new(rows, cols, fill)),
-            WeightFormat::Q4_0 if fits(32) => Arc::new(Packed::<BlockQ4_0>::new(rows, cols, fill)),
+            WeightFormat::Q4K if fits(256) => Arc::new(Packed::<BlockQ4K>::new(rows, cols, row)),
+            WeightFormat::Q4_0 if fits(32) => Arc::new(Packed::<BlockQ4_0>::new(rows, cols, row)),
             // q8_0, and the 4-bit formats on rows their blocks do not divide.
             WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q4_0 if fits(32) => {
-                Arc::new(Packed::<BlockQ8_0>::new(rows, cols, fill))
+                Arc::new(Packed::<BlockQ8_0>::new(rows, cols, row))
             }
-            _ => Arc::new(Packed::<bf16>::new(rows, cols, fill)),
+            _ => Arc::new(Packed::<bf16>::new(rows, cols, row)),
         };
         Self::Packed(packed)
     }
@@ -324,17 +431,16 @@ mod tests {
         out
     }
 
-    /// Relative error of the packed product against f32, for a prefill-sized and a decode-sized m.
+    /// Relative error of the packed product against f32, for row counts on both sides of the
+    /// dot-product / GEMM switch and a row count that leaves a partial GEMM tile.
     fn check(format: WeightFormat, head: bool, max_rel: f32) {
-        let (rows, cols) = (96, 512);
+        let (rows, cols) = (600, 512);
         let w = matrix(rows, cols, 1);
-        let fill = |first: usize, buf: &mut [f32]| {
-            buf.copy_from_slice(&w[first * cols..first * cols + buf.len()])
-        };
-        let QLinear::Packed(p) = QLinear::pack(rows, cols, format, head, &fill) else {
+        let row = |r: usize, buf: &mut [f32]| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]);
+        let QLinear::Packed(p) = QLinear::pack(rows, cols, format, head, &row) else {
             panic!("{format} was not packed");
         };
-        for m in [1, 37] {
+        for m in [1, 3, GEMM_MIN_ROWS, 37] {
             let x = matrix(m, cols, 2);
             let got = p.matmul(&x, m);
             let want = reference(&w, &x, rows, cols, m);
@@ -364,24 +470,6 @@ mod tests {
     fn q4k_matmul_is_close_to_f32() {
         check(WeightFormat::Q4K, false, 1.5e-1);
         check(WeightFormat::Q4K, true, 4e-2);
-    }
-
-    #[test]
-    fn batched_rows_equal_single_rows() {
-        let (rows, cols, m) = (70, 256, 45);
-        let w = matrix(rows, cols, 3);
-        let x = matrix(m, cols, 4);
-        let fill = |first: usize, buf: &mut [f32]| {
-            buf.copy_from_slice(&w[first * cols..first * cols + buf.len()])
-        };
-        let QLinear::Packed(p) = QLinear::pack(rows, cols, WeightFormat::Q8_0, false, &fill) else {
-            panic!("not packed");
-        };
-        let batched = p.matmul(&x, m);
-        for i in 0..m {
-            let single = p.matmul(&x[i * cols..(i + 1) * cols], 1);
-            assert_eq!(&batched[i * rows..(i + 1) * rows], &single[..], "row {i}");
-        }
     }
 
     #[test]

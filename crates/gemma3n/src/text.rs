@@ -704,12 +704,8 @@ impl TextModel {
 /// table ever exists), then let the pages read go, so the table does not stay resident.
 fn lm_head_from_table(table: &EmbeddingTable, fmt: WeightFormat) -> QLinear {
     let cols = table.cols();
-    let fill = |first: usize, buf: &mut [f32]| {
-        for (i, dst) in buf.chunks_exact_mut(cols).enumerate() {
-            table.row_into(first + i, dst);
-        }
-    };
-    let head = QLinear::pack(table.rows(), cols, fmt, true, &fill);
+    let row = |r: usize, buf: &mut [f32]| table.row_into(r, buf);
+    let head = QLinear::pack(table.rows(), cols, fmt, true, &row);
     table.release_pages();
     head
 }
