@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close_rel, model_dir, Golden};
 use gemma3n::audio::AudioTrace;
-use gemma3n::{Gemma3nModel, MediaEmbeddings};
+use gemma3n::{AudioEncoder, Checkpoint, Gemma3nConfig, Gemma3nModel, MediaEmbeddings};
 
 const INTERMEDIATE_REL: f32 = 1e-4;
 
@@ -74,6 +74,36 @@ fn tower_matches(variant: &str) {
         &golden.f32("audio.soft_embeddings"),
         INTERMEDIATE_REL,
     );
+}
+
+/// The tower in f64 takes the plain candle-op path instead of the fused f32 CPU kernels (the
+/// path of GPUs and other dtypes); it must agree with the reference too.
+fn composed_tower_matches(variant: &str) {
+    let dir = model_dir(variant);
+    let cfg = Gemma3nConfig::from_file(&dir.join("config.json")).unwrap();
+    let vb = Checkpoint::open(&dir)
+        .unwrap()
+        .var_builder(DType::F64, &Device::Cpu)
+        .unwrap();
+    let tower = AudioEncoder::new(&cfg.audio_config, vb.pp("model").pp("audio_tower")).unwrap();
+    let golden = Golden::open(variant);
+    for prefix in ["audio", "audio_batch"] {
+        let (mel, valid) = features(&golden, prefix);
+        let enc = tower
+            .forward(&mel.to_dtype(DType::F64).unwrap(), &valid, None)
+            .unwrap();
+        assert_close_rel(
+            &format!("{variant} {prefix} encoder_output, f64 candle ops"),
+            &enc.features.to_dtype(DType::F32).unwrap(),
+            &golden.f32(&format!("{prefix}.encoder_output")),
+            INTERMEDIATE_REL,
+        );
+        assert_valid_matches(
+            variant,
+            &enc.valid,
+            &golden.mask(&format!("{prefix}.encoder_output_mask")),
+        );
+    }
 }
 
 fn padded_embeddings_match(variant: &str) {
@@ -162,6 +192,16 @@ fn audio_tower_matches_reference_c() {
 #[test]
 fn audio_tower_matches_reference_d() {
     tower_matches("D");
+}
+
+#[test]
+fn composed_audio_tower_matches_reference_c() {
+    composed_tower_matches("C");
+}
+
+#[test]
+fn composed_audio_tower_matches_reference_d() {
+    composed_tower_matches("D");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod attention;
 mod conformer;
+mod kernels;
 mod sscp;
 
 use candle_core::{DType, Result, Tensor};

@@ -2,10 +2,10 @@
 //! group norm and ReLU, then a linear projection of the flattened (frequency, channel) features.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
+use super::kernels::Linear;
 use crate::config::AudioConfig;
-use crate::nn::linear;
 
 /// Group norm with one group whose statistics accumulate causally over time: the mean and
 /// variance at step t cover every (frequency, channel) value of steps 0..=t.  Input and output
@@ -124,7 +124,7 @@ impl SubSampleConvProjection {
             freq = ConvBlock::out_len(freq, 2, block.kernel.1, block.stride.1);
         }
         let in_dim = freq * cfg.sscp_conv_channel_size[1];
-        let input_proj_linear = linear(in_dim, cfg.hidden_size, vb.pp("input_proj_linear"))?;
+        let input_proj_linear = Linear::new(in_dim, cfg.hidden_size, vb.pp("input_proj_linear"))?;
         Ok(Self {
             conv_0,
             conv_1,
