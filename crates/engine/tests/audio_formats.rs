@@ -67,7 +67,9 @@ fn lossy_formats_keep_length_timing_and_tones() {
     let original = load(&proc, "original.wav");
     for name in ["tone.mp3", "tone.ogg", "tone.m4a"] {
         let got = load(&proc, name);
-        // Encoders add at most a few frames of delay and padding (AAC: 2048 samples at 22 kHz).
+        // MP3's LAME header lets the decoder trim delay and padding exactly; the others may add
+        // a few frames (AAC priming: 2048 samples at 22 kHz, which symphonia does not trim).
+        let slack = if name == "tone.mp3" { 0 } else { 1600 };
         let extra = got.len() as isize - original.len() as isize;
         let (lag, best) = (-1600..=1600)
             .map(|lag| (lag, correlation(&original, &got, lag)))
@@ -77,9 +79,13 @@ fn lossy_formats_keep_length_timing_and_tones() {
             "{name}: {} samples ({extra:+}), best lag {lag}, correlation {best:.4}",
             got.len()
         );
-        assert!((0..=1600).contains(&extra), "{name}: {} samples", got.len());
         assert!(
-            (0..=1600).contains(&lag),
+            (0..=slack).contains(&extra),
+            "{name}: {} samples",
+            got.len()
+        );
+        assert!(
+            (0..=slack).contains(&lag),
             "{name}: shifted by {lag} samples"
         );
         assert!(best > 0.98, "{name}: correlation {best}");

@@ -67,7 +67,12 @@ fn decode(path: &Path) -> Result<Decoded, String> {
         .format(
             &hint,
             stream,
-            &FormatOptions::default(),
+            // Trim encoder delay and padding where the container says how much (LAME/iTunes
+            // headers), so compressed files line up with the recording they came from.
+            &FormatOptions {
+                enable_gapless: true,
+                ..Default::default()
+            },
             &MetadataOptions::default(),
         )
         .map_err(|e| {
