@@ -97,9 +97,11 @@ impl CachedConversation {
         self.keys.clear();
     }
 
-    fn truncate(&mut self, len: usize) {
-        self.cache.truncate(len);
-        self.keys.truncate(len);
+    /// Keep the first `len` positions if the cache still can; returns how many were kept.
+    fn truncate(&mut self, len: usize) -> usize {
+        let kept = self.cache.truncate(len);
+        self.keys.truncate(kept);
+        kept
     }
 
     /// Feed one generated token; returns the next logits.  A failure leaves the cache empty
@@ -229,8 +231,8 @@ impl Engine {
     pub fn prefill(&mut self, messages: &[Message]) -> Result<Prefill> {
         let prepared = self.prepare(messages)?;
         self.check_length(prepared.ids.len())?;
-        let reused = self.reusable_prefix(&prepared);
-        self.state.truncate(reused);
+        // A sliding layer may have rolled past the shared prefix: then everything is re-run.
+        let reused = self.state.truncate(self.reusable_prefix(&prepared));
         let media = self.embed_media(&prepared, reused)?;
         let ids = &prepared.ids[reused..];
         let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), self.model.device())?;

@@ -130,7 +130,6 @@ impl Attention {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
-        window: Option<usize>,
         cache: &mut Cache,
         kv_layer: usize,
     ) -> Result<Tensor> {
@@ -143,7 +142,7 @@ impl Attention {
         let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
         let q = apply_rotary(&q, cos, sin)?;
 
-        let (k, v) = match &self.kv {
+        let view = match &self.kv {
             Some(p) => {
                 let shape = (b, t, self.num_kv_heads, self.head_dim);
                 let k = p.k_norm.forward(&p.k_proj.forward(x)?.reshape(shape)?)?;
@@ -153,22 +152,10 @@ impl Attention {
             }
             None => cache.layer(kv_layer).current()?,
         };
-
-        // A sliding layer's queries at start.. see nothing before start + 1 - window: skip those
-        // keys (their mask columns are all -inf) so long chats cost O(window) per token.
-        let (k, v, mask) = match window {
-            Some(w) => {
-                let total = k.dim(2)?;
-                let first = (total - t + 1).saturating_sub(w);
-                let kept = total - first;
-                (
-                    k.narrow(2, first, kept)?,
-                    v.narrow(2, first, kept)?,
-                    mask.narrow(1, first, kept)?,
-                )
-            }
-            None => (k, v, mask.clone()),
-        };
+        // The cache returns only the keys these queries can see (a sliding layer's last
+        // `window`), starting at position `first`: O(window) attention per token.
+        let (k, v) = (view.keys, view.values);
+        let mask = mask.narrow(1, view.first, k.dim(2)?)?;
 
         // Grouped-query attention: fold the query heads sharing a KV head into the time axis.
         let groups = self.num_heads / self.num_kv_heads;
@@ -371,8 +358,6 @@ struct DecoderLayer {
     layer_type: LayerType,
     /// Cache entry this layer reads (its own, or its donor's for KV-shared layers).
     kv_layer: usize,
-    /// Attention span of sliding layers.
-    window: Option<usize>,
     active: usize,
 }
 
@@ -405,8 +390,6 @@ impl DecoderLayer {
             post_per_layer_input_norm: norm("post_per_layer_input_norm")?,
             layer_type: cfg.layer_types()[index],
             kv_layer: donor.unwrap_or(index),
-            window: (cfg.layer_types()[index] == LayerType::SlidingAttention)
-                .then_some(cfg.sliding_window),
             active: cfg.altup_active_idx,
         })
     }
@@ -425,9 +408,9 @@ impl DecoderLayer {
         let normed = self.input_layernorm.forward(&active)?;
         let laurel = self.laurel.forward(&normed)?;
 
-        let attn =
-            self.self_attn
-                .forward(&normed, rope, mask, self.window, cache, self.kv_layer)?;
+        let attn = self
+            .self_attn
+            .forward(&normed, rope, mask, cache, self.kv_layer)?;
         let attn = self.post_attention_layernorm.forward(&attn)?;
         let attn_laurel = (((active + attn)? + laurel)? / std::f64::consts::SQRT_2)?;
 
@@ -586,9 +569,14 @@ impl TextModel {
         &self.device
     }
 
-    /// A cache sized for this decoder.
+    /// A cache for this decoder: rolling on sliding layers, growing on full-attention ones.
     pub fn new_cache(&self) -> Cache {
-        Cache::new(self.cfg.first_kv_shared_layer())
+        let windows: Vec<Option<usize>> = self.cfg.layer_types()
+            [..self.cfg.first_kv_shared_layer()]
+            .iter()
+            .map(|&kind| (kind == LayerType::SlidingAttention).then_some(self.cfg.sliding_window))
+            .collect();
+        Cache::new(&windows)
     }
 
     /// Token embeddings times `sqrt(hidden_size)`; `ids` `[B, T]` u32.
