@@ -10,10 +10,15 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use half::bf16;
+use half::f16;
 use rayon::prelude::*;
 
 /// How the decoder's large matrices are stored after loading.
@@ -133,6 +138,105 @@ impl<T: GgmlType + 'static> Packed<T> {
         }
         Self { blocks, rows, cols }
     }
+}
+
+impl<T: GgmlType + 'static> Packed<T> {
+    /// Take ready-made blocks (`rows` rows of `cols / BLCK_SIZE` blocks each) as they are.
+    fn from_bytes(rows: usize, cols: usize, bytes: &[u8]) -> Self {
+        let mut blocks = Blocks::<T>::zeroed(rows * (cols / T::BLCK_SIZE));
+        blocks.map[..bytes.len()].copy_from_slice(bytes);
+        Self { blocks, rows, cols }
+    }
+}
+
+/// Evaluates `$body` with `$t` standing for the block type of ggml dtype `$dtype`.
+macro_rules! with_block_type {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            GgmlDType::F32 => {
+                type $t = f32;
+                $body
+            }
+            GgmlDType::F16 => {
+                type $t = f16;
+                $body
+            }
+            GgmlDType::BF16 => {
+                type $t = bf16;
+                $body
+            }
+            GgmlDType::Q4_0 => {
+                type $t = BlockQ4_0;
+                $body
+            }
+            GgmlDType::Q4_1 => {
+                type $t = BlockQ4_1;
+                $body
+            }
+            GgmlDType::Q5_0 => {
+                type $t = BlockQ5_0;
+                $body
+            }
+            GgmlDType::Q5_1 => {
+                type $t = BlockQ5_1;
+                $body
+            }
+            GgmlDType::Q8_0 => {
+                type $t = BlockQ8_0;
+                $body
+            }
+            GgmlDType::Q8_1 => {
+                type $t = BlockQ8_1;
+                $body
+            }
+            GgmlDType::Q2K => {
+                type $t = BlockQ2K;
+                $body
+            }
+            GgmlDType::Q3K => {
+                type $t = BlockQ3K;
+                $body
+            }
+            GgmlDType::Q4K => {
+                type $t = BlockQ4K;
+                $body
+            }
+            GgmlDType::Q5K => {
+                type $t = BlockQ5K;
+                $body
+            }
+            GgmlDType::Q6K => {
+                type $t = BlockQ6K;
+                $body
+            }
+            GgmlDType::Q8K => {
+                type $t = BlockQ8K;
+                $body
+            }
+        }
+    };
+}
+
+/// Bytes of `elements` values stored as `dtype`; `None` when its blocks do not divide them.
+pub fn ggml_bytes(dtype: GgmlDType, elements: usize) -> Option<usize> {
+    elements
+        .is_multiple_of(dtype.block_size())
+        .then(|| elements / dtype.block_size() * dtype.type_size())
+}
+
+/// Decode `out.len()` values stored as `dtype` in `bytes` (exactly `ggml_bytes` long, aligned
+/// to the block type, as GGUF tensor data is).
+pub fn dequantize_into(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+    with_block_type!(dtype, T => {
+        assert_eq!(Some(bytes.len()), ggml_bytes(dtype, out.len()), "dequantising {dtype:?}");
+        assert!(bytes.as_ptr().cast::<T>().is_aligned(), "misaligned {dtype:?} data");
+        // SAFETY: length and alignment checked above; ggml blocks are plain integers and
+        // half floats, valid for any bit pattern.
+        let blocks = unsafe {
+            std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size_of::<T>())
+        };
+        T::to_float(blocks, out)
+    })
 }
 
 impl<T: GgmlType + 'static> PackedMatmul for Packed<T> {
@@ -272,6 +376,23 @@ impl QLinear {
     }
 }
 
+impl QLinear {
+    /// A `[rows, cols]` matrix already stored as `dtype` (a GGUF tensor's bytes), kept in its
+    /// blocks: no re-quantisation.
+    pub fn from_blocks(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        if ggml_bytes(dtype, cols).map(|b| b * rows) != Some(bytes.len()) {
+            candle_core::bail!(
+                "{} bytes do not hold a {rows}x{cols} matrix of {dtype:?} blocks",
+                bytes.len()
+            );
+        }
+        let packed: Arc<dyn PackedMatmul> = with_block_type!(dtype, T => {
+            Arc::new(Packed::<T>::from_bytes(rows, cols, bytes))
+        });
+        Ok(Self::Packed(packed))
+    }
+}
+
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -382,6 +503,47 @@ mod tests {
             let single = p.matmul(&x[i * cols..(i + 1) * cols], 1);
             assert_eq!(&batched[i * rows..(i + 1) * rows], &single[..], "row {i}");
         }
+    }
+
+    /// GGUF tensors arrive as block bytes: kept as they are, they give the product of packing the
+    /// same values here, and decode back to them.
+    #[test]
+    fn ready_made_blocks_equal_packed_values() {
+        let (rows, cols) = (8, 512);
+        let w = matrix(rows, cols, 5);
+        let x = matrix(3, cols, 6);
+        let fill = |first: usize, buf: &mut [f32]| {
+            buf.copy_from_slice(&w[first * cols..first * cols + buf.len()])
+        };
+        let weights = Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap();
+        for (dtype, format, head, max_err) in [
+            (GgmlDType::Q8_0, WeightFormat::Q8_0, false, 2e-2),
+            (GgmlDType::Q4K, WeightFormat::Q4K, false, 1.5e-1),
+            (GgmlDType::Q6K, WeightFormat::Q4K, true, 4e-2),
+        ] {
+            let q = candle_core::quantized::QTensor::quantize(&weights, dtype).unwrap();
+            let bytes = q.data().unwrap();
+            let QLinear::Packed(ours) = QLinear::pack(rows, cols, format, head, &fill) else {
+                panic!("not packed");
+            };
+            let QLinear::Packed(theirs) = QLinear::from_blocks(dtype, rows, cols, &bytes).unwrap()
+            else {
+                panic!("not packed");
+            };
+            assert_eq!(theirs.matmul(&x, 3), ours.matmul(&x, 3), "{dtype:?}");
+            let mut back = vec![0f32; cols];
+            dequantize_into(dtype, &bytes[..bytes.len() / rows], &mut back);
+            let err = back
+                .iter()
+                .zip(&w)
+                .fold(0f32, |a, (b, v)| a.max((b - v).abs()));
+            assert!(
+                err <= max_err * 2.0,
+                "{dtype:?} row decodes with error {err}"
+            );
+        }
+        let short = QLinear::from_blocks(GgmlDType::Q8_0, rows, cols, &[0u8; 10]);
+        assert!(short.is_err());
     }
 
     #[test]
