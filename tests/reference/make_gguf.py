@@ -13,7 +13,8 @@ with the `gguf` package it uses:
   its rows split into 32-value blocks, F16 otherwise (the converter's fallback).
 
 The GGUF holds no tokenizer: the folder gets the fixture's tokenizer.json, tokenizer_config.json,
-chat template and generation config beside it.  Run after `make_reference.py` (which replaces
+chat template and generation config beside it, and its config.json, whose multimodal token ids
+(the GGUF has none) the tiny tokenizer needs; the text config still comes from the GGUF.  Run after `make_reference.py` (which replaces
 the fixture folders):
 
     /work/venv-ref/bin/python tests/reference/make_gguf.py --variant E --out tests/fixtures/gguf
@@ -33,7 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "model.language_model."
-COMPANIONS = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"]
+COMPANIONS = ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+              "generation_config.json"]
 
 
 def gguf_tensors(weights: dict[str, np.ndarray], cfg: dict) -> dict[str, np.ndarray]:

@@ -125,16 +125,23 @@ pub struct Engine {
     dir: PathBuf,
     model: Gemma3nModel,
     prompt: PromptEncoder,
-    images: ImageProcessor,
-    audio: AudioProcessor,
+    /// `None` for a text-only model (GGUF), whose folder need not configure them.
+    images: Option<ImageProcessor>,
+    audio: Option<AudioProcessor>,
     defaults: SamplingParams,
     stop_ids: Vec<u32>,
     state: CachedConversation,
 }
 
 impl Engine {
-    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let model = Gemma3nModel::load_with(dir, opts)?;
+    /// `path` is a model folder, or a GGUF file whose folder holds the tokenizer and template.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let model = Gemma3nModel::load_with(path, opts)?;
+        let dir = if gemma3n::gguf::is_gguf(path) {
+            path.parent().unwrap_or(Path::new("."))
+        } else {
+            path
+        };
         let cfg = model.config().clone();
         let prompt = PromptEncoder::from_model_dir(dir, &cfg)?;
         let (defaults, mut stop_ids) = generation_defaults(dir)?;
@@ -145,9 +152,15 @@ impl Engine {
             stop_ids.extend(prompt.tokenizer().token_to_id("<eos>"));
         }
         Ok(Self {
-            dir: dir.to_path_buf(),
-            images: ImageProcessor::from_model_dir(dir)?,
-            audio: AudioProcessor::from_model_dir(dir)?,
+            dir: path.to_path_buf(),
+            images: match model.embed_vision() {
+                Ok(_) => Some(ImageProcessor::from_model_dir(dir)?),
+                Err(_) => None,
+            },
+            audio: match model.embed_audio() {
+                Ok(_) => Some(AudioProcessor::from_model_dir(dir)?),
+                Err(_) => None,
+            },
             state: CachedConversation {
                 cache: model.new_cache(),
                 keys: Vec::new(),
@@ -159,6 +172,22 @@ impl Engine {
         })
     }
 
+    /// The model's image processor; a text-only model reports that it cannot take images.
+    fn images(&self) -> Result<&ImageProcessor> {
+        self.model.embed_vision()?;
+        self.images
+            .as_ref()
+            .ok_or_else(|| Error::ModelFiles("no image processor configuration".into()))
+    }
+
+    fn audio(&self) -> Result<&AudioProcessor> {
+        self.model.embed_audio()?;
+        self.audio
+            .as_ref()
+            .ok_or_else(|| Error::ModelFiles("no audio feature extractor configuration".into()))
+    }
+
+    /// The model folder, or the GGUF file, it was loaded from.
     pub fn model_dir(&self) -> &Path {
         &self.dir
     }
@@ -215,7 +244,7 @@ impl Engine {
             match item {
                 Media::Image(p) => pixel_values.push(p),
                 Media::AudioClip(c) => {
-                    audio_features.push(self.audio.features(&[c])?.features.squeeze(0)?)
+                    audio_features.push(self.audio()?.features(&[c])?.features.squeeze(0)?)
                 }
             }
         }
@@ -380,7 +409,7 @@ impl Engine {
         let audio = if clips.is_empty() {
             None
         } else {
-            let features = self.audio.features(&clips)?;
+            let features = self.audio()?.features(&clips)?;
             Some(
                 self.model
                     .encode_audio(&features.features, &features.mask)?,
@@ -400,14 +429,14 @@ impl Engine {
                 match part {
                     Part::Image { path } => {
                         media.push(Media::Image(
-                            self.images
+                            self.images()?
                                 .load_file(path)?
                                 .to_device(self.model.device())?,
                         ));
                         content.push(part.clone());
                     }
                     Part::Audio { path } => {
-                        let split = self.audio.load(path)?;
+                        let split = self.audio()?.load(path)?;
                         if split.was_split() {
                             audio_splits.push(format!("{}: {}", path.display(), split.describe()));
                         }
