@@ -2,9 +2,10 @@
 //!
 //! The file is indexed under the Hugging Face tensor names, so the rest of the crate loads it
 //! like a safetensors checkpoint: llama.cpp's names (`blk.N.attn_q`, `per_layer_token_embd`, the
-//! stacked `altup_proj`, ...) are mapped back, and its metadata becomes a `text_config`.  Tensors
-//! stored in ggml blocks stay in them ([`crate::Checkpoint::linear`]); the embedding tables are
-//! gathered from the map a row at a time, decoding each row.
+//! stacked `altup_proj`, ...) are mapped back, and its metadata becomes a `text_config`.  Matrices
+//! stored in ggml blocks (bf16 and f16 included) stay in them, whatever `--quant` says
+//! ([`crate::Checkpoint::linear`]); the embedding tables are gathered from the map a row at a
+//! time, decoding each row.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -147,10 +148,10 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
         if !start.is_multiple_of(4) {
             return Err(bad(format!("tensor {name} is not aligned")));
         }
+        // bf16/f16 count as (one-value) blocks too, so that their matrices stay as stored;
+        // f32 ones take the dense path, like a safetensors checkpoint.
         let encoding = match info.ggml_dtype {
             GgmlDType::F32 => Encoding::Float(DType::F32),
-            GgmlDType::F16 => Encoding::Float(DType::F16),
-            GgmlDType::BF16 => Encoding::Float(DType::BF16),
             other => Encoding::Blocks(other),
         };
         let entry = |start: usize, shape: Vec<usize>| {
