@@ -116,8 +116,8 @@ impl LayerCache {
         let capacity = self.keys.as_ref().map_or(0, |b| b.dims()[SEQ_DIM]);
         if needed > capacity {
             let grown = (needed.div_ceil(GROW_STEP) * GROW_STEP).min(self.ring);
-            self.keys = Some(grow(self.keys.as_ref(), &k, grown)?);
-            self.values = Some(grow(self.values.as_ref(), &v, grown)?);
+            self.keys = Some(grow(self.keys.as_ref(), k, grown)?);
+            self.values = Some(grow(self.values.as_ref(), v, grown)?);
         }
         let from = end.saturating_sub(self.ring).max(start);
         let (slot, n) = (from % self.ring, end - from);
