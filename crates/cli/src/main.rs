@@ -272,6 +272,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         report.decode_tok_s, report.gen_tokens
     );
     println!("peak RSS       {}", mb(report.peak_rss_mb));
+    println!("KV cache       {:.1} MiB", report.kv_cache_mb);
     if let Some(ms) = report.image_encode_ms {
         println!("image tower    {ms:.1} ms per image");
     }

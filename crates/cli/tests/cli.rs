@@ -395,6 +395,7 @@ fn bench_json_reports_speed_memory_and_tower_times() {
             "prefill_tok_s",
             "decode_tok_s",
             "peak_rss_mb",
+            "kv_cache_mb",
             "image_encode_ms",
             "audio_encode_ms",
         ] {
