@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import struct
 import sys
 import time
@@ -210,8 +211,13 @@ def st_dtype(dtype: torch.dtype) -> tuple[str, int]:
     return {torch.int64: ("I64", 8), torch.int32: ("I32", 4)}[dtype]
 
 
-def write_chunks(f, name: str, shape: tuple[int, ...], dtype: torch.dtype, pool: torch.Tensor, rng) -> None:
+def write_chunks(f, name: str, shape: tuple[int, ...], dtype: torch.dtype, pool: torch.Tensor, rng,
+                 hole: bool = False) -> None:
     numel = math.prod(shape)
+    if hole:
+        # Left as a hole in a sparse file: reads as zeros, takes no disk.
+        f.seek(numel * st_dtype(dtype)[1], os.SEEK_CUR)
+        return
     if not dtype.is_floating_point:
         f.write(np.zeros(numel, dtype=np.int64 if dtype == torch.int64 else np.int32).tobytes())
         return
@@ -228,7 +234,7 @@ def write_chunks(f, name: str, shape: tuple[int, ...], dtype: torch.dtype, pool:
         done += n
 
 
-def write_weights(out: Path, specs: dict, seed: int) -> int:
+def write_weights(out: Path, specs: dict, seed: int, holes: set[str] = frozenset()) -> int:
     # Group the tensors into shards of about SHARD_BYTES, in name order.
     shards: list[list[str]] = [[]]
     size = 0
@@ -258,7 +264,8 @@ def write_weights(out: Path, specs: dict, seed: int) -> int:
         with open(out / fname, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             for name in names:
-                write_chunks(f, name, *specs[name], pool, rng)
+                write_chunks(f, name, *specs[name], pool, rng, hole=name in holes)
+            f.truncate()  # a trailing hole still counts towards the file's length
         total += offset
         print(f"  {fname}: {len(names)} tensors, {offset / 1e9:.2f} GB", flush=True)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -272,6 +279,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="parent folder; each variant goes to OUT/NAME")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-weights", action="store_true", help="write configs and tokenizer only")
+    ap.add_argument("--sparse-per-layer-table", action="store_true",
+                    help="leave the per-layer-embedding table (E2B 4 GB, E4B 4.7 GB) as a hole of zeros "
+                         "in a sparse file: it is only gathered, so speed and memory do not change, "
+                         "and the checkpoint takes that much less disk")
     args = ap.parse_args()
     for variant in args.variant:
         t0 = time.perf_counter()
@@ -295,7 +306,8 @@ def main() -> int:
             specs = tensor_specs(cfg)
             params = sum(math.prod(s) for s, _ in specs.values())
             print(f"{variant}: {len(specs)} tensors, {params / 1e9:.2f} B parameters", flush=True)
-            total = write_weights(out, specs, args.seed)
+            holes = {n for n in specs if n.endswith("embed_tokens_per_layer.weight")}
+            total = write_weights(out, specs, args.seed, holes if args.sparse_per_layer_table else set())
             print(f"{variant}: {total / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s -> {out}")
     return 0
 

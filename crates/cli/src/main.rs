@@ -59,11 +59,13 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model folder, or a Hugging Face repo id such as google/gemma-3n-E2B-it.
+    /// Model folder, a Hugging Face repo id such as google/gemma-3n-E2B-it, or a llama.cpp GGUF
+    /// file (text only; tokenizer.json and the chat template of the same model beside it).
     #[arg(long)]
     model: String,
     /// How the decoder's weights are held: dense (f32, exact), bf16, q8_0, q4k (also q4_k_m)
-    /// or q4_0; the packed formats are CPU-only and keep norms and softmax in f32.
+    /// or q4_0; the packed formats are CPU-only and keep norms and softmax in f32.  A GGUF's
+    /// quantized matrices stay as they are; this applies to its float ones.
     #[arg(long, default_value = "dense")]
     quant: WeightFormat,
     /// Activation precision on the dense path (bf16 is for GPUs).
@@ -271,6 +273,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         report.decode_tok_s, report.gen_tokens
     );
     println!("peak RSS       {}", mb(report.peak_rss_mb));
+    println!("KV cache       {:.1} MiB", report.kv_cache_mb);
     if let Some(ms) = report.image_encode_ms {
         println!("image tower    {ms:.1} ms per image");
     }

@@ -395,6 +395,7 @@ fn bench_json_reports_speed_memory_and_tower_times() {
             "prefill_tok_s",
             "decode_tok_s",
             "peak_rss_mb",
+            "kv_cache_mb",
             "image_encode_ms",
             "audio_encode_ms",
         ] {
@@ -406,4 +407,51 @@ fn bench_json_reports_speed_memory_and_tower_times() {
     }
     let out = gemma_chat(&["bench", "--model", model.to_str().unwrap(), "--quant", "q3"]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn a_gguf_file_chats_like_its_checkpoint_and_reports_what_is_missing() {
+    let dir = temp_dir("gguf");
+    let messages = dir.join("m.json");
+    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
+    let gguf = fixtures::fixture_dir("gguf").join("E-f32.gguf");
+    let (_, from_gguf) = greedy_json(&gguf, &messages);
+    let (_, from_folder) = greedy_json(&fixtures::model_dir("E"), &messages);
+    assert_eq!(from_gguf["token_ids"], from_folder["token_ids"]);
+
+    // Images need the vision tower, which a GGUF file does not hold.
+    let image = fixtures::fixture_dir("E").join("image.png");
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--prompt",
+        "What is this?",
+        "--image",
+        image.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("text decoder"),
+        "{stderr}"
+    );
+
+    // Alone, the file lacks its tokenizer and template: the error names them.
+    let alone = dir.join("alone.gguf");
+    std::fs::copy(&gguf, &alone).unwrap();
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        alone.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("tokenizer.json")
+            && stderr.contains("chat_template"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
 }

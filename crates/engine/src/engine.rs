@@ -169,9 +169,11 @@ impl CachedConversation {
         self.keys.clear();
     }
 
-    fn truncate(&mut self, len: usize) {
-        self.cache.truncate(len);
-        self.keys.truncate(len);
+    /// Keep the first `len` positions if the cache still can; returns how many were kept.
+    fn truncate(&mut self, len: usize) -> usize {
+        let kept = self.cache.truncate(len);
+        self.keys.truncate(kept);
+        kept
     }
 
     /// Feed one generated token; returns the next logits.  A failure leaves the cache empty
@@ -195,8 +197,9 @@ pub struct Engine {
     dir: PathBuf,
     model: Gemma3nModel,
     prompt: PromptEncoder,
-    images: ImageProcessor,
-    audio: AudioProcessor,
+    /// `None` for a text-only model (GGUF), whose folder need not configure them.
+    images: Option<ImageProcessor>,
+    audio: Option<AudioProcessor>,
     defaults: SamplingParams,
     stop_ids: Vec<u32>,
     state: CachedConversation,
@@ -204,8 +207,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let model = Gemma3nModel::load_with(dir, opts)?;
+    /// `path` is a model folder, or a GGUF file whose folder holds the tokenizer and template.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let model = Gemma3nModel::load_with(path, opts)?;
+        let dir = if gemma3n::gguf::is_gguf(path) {
+            path.parent().unwrap_or(Path::new("."))
+        } else {
+            path
+        };
         let cfg = model.config().clone();
         let prompt = PromptEncoder::from_model_dir(dir, &cfg)?;
         let (defaults, mut stop_ids) = generation_defaults(dir)?;
@@ -216,9 +225,15 @@ impl Engine {
             stop_ids.extend(prompt.tokenizer().token_to_id("<eos>"));
         }
         Ok(Self {
-            dir: dir.to_path_buf(),
-            images: ImageProcessor::from_model_dir(dir)?,
-            audio: AudioProcessor::from_model_dir(dir)?,
+            dir: path.to_path_buf(),
+            images: match model.embed_vision() {
+                Ok(_) => Some(ImageProcessor::from_model_dir(dir)?),
+                Err(_) => None,
+            },
+            audio: match model.embed_audio() {
+                Ok(_) => Some(AudioProcessor::from_model_dir(dir)?),
+                Err(_) => None,
+            },
             state: CachedConversation {
                 cache: model.new_cache(),
                 keys: Vec::new(),
@@ -231,6 +246,22 @@ impl Engine {
         })
     }
 
+    /// The model's image processor; a text-only model reports that it cannot take images.
+    fn images(&self) -> Result<&ImageProcessor> {
+        self.model.embed_vision()?;
+        self.images
+            .as_ref()
+            .ok_or_else(|| Error::ModelFiles("no image processor configuration".into()))
+    }
+
+    fn audio(&self) -> Result<&AudioProcessor> {
+        self.model.embed_audio()?;
+        self.audio
+            .as_ref()
+            .ok_or_else(|| Error::ModelFiles("no audio feature extractor configuration".into()))
+    }
+
+    /// The model folder, or the GGUF file, it was loaded from.
     pub fn model_dir(&self) -> &Path {
         &self.dir
     }
@@ -287,7 +318,7 @@ impl Engine {
             match item {
                 Media::Image { pixels, .. } => pixel_values.push(pixels),
                 Media::AudioClip { samples, .. } => {
-                    audio_features.push(self.audio.features(&[samples])?.features.squeeze(0)?)
+                    audio_features.push(self.audio()?.features(&[samples])?.features.squeeze(0)?)
                 }
             }
         }
@@ -303,8 +334,8 @@ impl Engine {
     pub fn prefill(&mut self, messages: &[Message]) -> Result<Prefill> {
         let prepared = self.prepare(messages)?;
         self.check_length(prepared.ids.len())?;
-        let reused = self.reusable_prefix(&prepared);
-        self.state.truncate(reused);
+        // A sliding layer may have rolled past the shared prefix: then everything is re-run.
+        let reused = self.state.truncate(self.reusable_prefix(&prepared));
         let media = self.embed_media(&prepared, reused)?;
         let ids = &prepared.ids[reused..];
         let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), self.model.device())?;
@@ -452,7 +483,7 @@ impl Engine {
         let audio = if clips.is_empty() {
             None
         } else {
-            let features = self.audio.features(&clips)?;
+            let features = self.audio()?.features(&clips)?;
             Some(
                 self.model
                     .encode_audio(&features.features, &features.mask)?,
@@ -472,7 +503,7 @@ impl Engine {
             for part in &message.content {
                 let decoded = match part {
                     Part::Image { path } => self.decoded.get_or_decode(path, &mut used, || {
-                        let pixels = self.images.load_file(path)?;
+                        let pixels = self.images()?.load_file(path)?;
                         let hash = hash_floats(&pixels.flatten_all()?.to_vec1()?);
                         let pixels = pixels.to_device(self.model.device())?;
                         Ok(DecodedFile {
@@ -481,7 +512,7 @@ impl Engine {
                         })
                     })?,
                     Part::Audio { path } => self.decoded.get_or_decode(path, &mut used, || {
-                        let split = self.audio.load(path)?;
+                        let split = self.audio()?.load(path)?;
                         let description = split.was_split().then(|| split.describe());
                         let media = split
                             .into_samples()

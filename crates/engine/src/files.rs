@@ -19,11 +19,14 @@ const OPTIONAL: [&str; 7] = [
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
 
-/// `spec` is a folder or `owner/name`.
+/// `spec` is a folder, a GGUF file, or `owner/name`.
 pub fn resolve_model(spec: &str, progress: bool) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return check_folder(path);
+    }
+    if gemma3n::gguf::is_gguf(path) {
+        return check_gguf(path);
     }
     if looks_like_repo_id(spec) && !path.exists() {
         return from_hub(spec, progress);
@@ -48,6 +51,35 @@ fn check_folder(dir: &Path) -> Result<PathBuf> {
         }
     }
     Ok(dir.to_path_buf())
+}
+
+/// A GGUF file holds the weights and config; the tokenizer and chat template are read from the
+/// Hugging Face files of the same model beside it.
+fn check_gguf(path: &Path) -> Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let has = |name: &str| dir.join(name).is_file();
+    let mut missing = Vec::new();
+    if !has("tokenizer.json") {
+        missing.push("tokenizer.json");
+    }
+    if !(has("chat_template.jinja") || has("chat_template.json") || has("tokenizer_config.json")) {
+        missing.push("chat_template.jinja (or tokenizer_config.json)");
+    }
+    if missing.is_empty() {
+        return Ok(path.to_path_buf());
+    }
+    Err(Error::ModelFiles(format!(
+        "{} is a GGUF file; Gemma Chat reads its tokenizer and chat template from the model's \
+         Hugging Face files beside it, and {} missing from {}: copy them from the same model's \
+         repository (e.g. google/gemma-3n-E2B-it)",
+        path.display(),
+        if missing.len() == 1 {
+            format!("{} is", missing[0])
+        } else {
+            format!("{} are", missing.join(" and "))
+        },
+        dir.display()
+    )))
 }
 
 fn from_hub(repo_id: &str, progress: bool) -> Result<PathBuf> {

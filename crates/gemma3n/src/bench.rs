@@ -50,6 +50,8 @@ pub struct BenchReport {
     pub peak_rss_mb: Option<f64>,
     /// Resident set right after loading, MiB.
     pub load_rss_mb: Option<f64>,
+    /// Key/value cache held at the end of the run.
+    pub kv_cache_mb: f64,
     /// One image through the vision tower and embedder (tower already loaded), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_encode_ms: Option<f64>,
@@ -122,7 +124,12 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport> {
     };
 
     Ok(BenchReport {
-        weights: opts.load.weights.to_string(),
+        // A GGUF file's quantized matrices stay as stored; `weights` covers its f32 ones.
+        weights: if crate::gguf::is_gguf(dir) {
+            format!("gguf ({})", opts.load.weights)
+        } else {
+            opts.load.weights.to_string()
+        },
         threads: rayon::current_num_threads(),
         prompt_tokens: opts.prompt_tokens,
         gen_tokens: opts.gen_tokens,
@@ -132,6 +139,7 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport> {
         decode_tok_s: opts.gen_tokens as f64 / decode_s,
         peak_rss_mb: rss_mb("VmHWM"),
         load_rss_mb,
+        kv_cache_mb: cache.bytes() as f64 / (1 << 20) as f64,
         image_encode_ms,
         audio_encode_ms,
     })

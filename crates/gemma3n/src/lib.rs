@@ -9,6 +9,7 @@ pub mod audio;
 pub mod bench;
 pub mod config;
 pub mod embedder;
+pub mod gguf;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

@@ -1,9 +1,10 @@
-//! Finding, validating and memory-mapping a checkpoint's safetensors files.
+//! Finding, validating and memory-mapping a checkpoint's weight files.
 //!
 //! A model folder holds either one `model.safetensors` or shards listed in
-//! `model.safetensors.index.json`.  Every file is checked before use so that a missing shard, a
-//! truncated download or a tensor of a non-float type is reported by name instead of surfacing as
-//! a confusing failure deep inside model construction.
+//! `model.safetensors.index.json`; a llama.cpp GGUF file is indexed under the same tensor names
+//! (see `gguf.rs`).  Every file is checked before use so that a missing shard, a truncated
+//! download or a tensor of an unsupported type is reported by name instead of surfacing as a
+//! confusing failure deep inside model construction.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -12,26 +13,46 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::quant::{dequantize_into, ggml_bytes, QLinear, WeightFormat};
 use crate::{Error, Result};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// How a tensor's values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Float(DType),
+    /// ggml blocks of a GGUF file, row by row.
+    Blocks(GgmlDType),
+}
+
+impl Encoding {
+    /// Bytes of one row of `cols` values; `None` when the blocks do not divide the row.
+    fn row_bytes(self, cols: usize) -> Option<usize> {
+        match self {
+            Self::Float(dtype) => Some(dtype.size_in_bytes() * cols),
+            Self::Blocks(dtype) => ggml_bytes(dtype, cols),
+        }
+    }
+}
+
 /// Where one tensor lives inside a checkpoint.
 #[derive(Debug, Clone)]
-struct Entry {
-    file: usize,
+pub(crate) struct Entry {
+    pub file: usize,
     /// Byte range inside the file.
-    start: usize,
-    end: usize,
-    dtype: DType,
-    shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+    pub encoding: Encoding,
+    pub shape: Vec<usize>,
 }
 
 /// The validated, memory-mapped weight files of one checkpoint.
@@ -90,8 +111,12 @@ impl ReadProgress {
 }
 
 impl Checkpoint {
-    /// Locate the weight files in `dir`, map them and validate their headers against their sizes.
+    /// Locate the weight files in `dir` (or take the GGUF file `dir`), map them and validate
+    /// their headers against their sizes.
     pub fn open(dir: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) {
+            return Ok(crate::gguf::open(dir)?.0);
+        }
         let files = weight_files(dir)?;
         let mut maps = Vec::with_capacity(files.len());
         let mut handles = Vec::with_capacity(files.len());
@@ -102,14 +127,55 @@ impl Checkpoint {
             maps.push(mmap);
             handles.push(file);
         }
-        Ok(Self {
+        Ok(Self::from_parts(dir, files, maps, handles, index))
+    }
+
+    pub(crate) fn from_parts(
+        dir: &Path,
+        files: Vec<PathBuf>,
+        maps: Vec<Mmap>,
+        handles: Vec<File>,
+        index: HashMap<String, Entry>,
+    ) -> Self {
+        Self {
             dir: dir.to_path_buf(),
             files,
             maps: Arc::new(maps),
             handles: Arc::new(handles),
             index: Arc::new(index),
             progress: None,
-        })
+        }
+    }
+
+    /// `<vb>.weight` `[out_dim, in_dim]` as a linear layer.  A matrix a GGUF file stores in
+    /// ggml blocks keeps them (on the CPU); everything else is loaded in `fmt`.
+    pub fn linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        fmt: WeightFormat,
+        vb: VarBuilder,
+    ) -> candle_core::Result<QLinear> {
+        let name = format!("{}.weight", vb.prefix());
+        let entry = self.index.get(&name).filter(|_| vb.device().is_cpu());
+        let Some((e, Encoding::Blocks(dtype))) = entry.map(|e| (e, e.encoding)) else {
+            return QLinear::load(in_dim, out_dim, fmt, vb);
+        };
+        if e.shape != [out_dim, in_dim] {
+            candle_core::bail!(
+                "tensor {name} has shape {:?}, the config implies {:?}",
+                e.shape,
+                [out_dim, in_dim]
+            );
+        }
+        let linear = QLinear::from_blocks(dtype, out_dim, in_dim, self.mapped(e));
+        release(&self.maps[e.file], e.start, e.end - e.start);
+        self.note_read(e.end - e.start);
+        linear
+    }
+
+    fn mapped(&self, e: &Entry) -> &[u8] {
+        &self.maps[e.file][e.start..e.end]
     }
 
     /// Report reads to `report` as a fraction of the bytes of the tensors `counted` selects,
@@ -155,19 +221,26 @@ impl Checkpoint {
     /// The memory-mapped table `name` (`[rows, cols]`), for row gathers without loading it.
     pub fn table(&self, name: &str) -> Result<EmbeddingTable> {
         let e = self.entry(name).map_err(Error::Candle)?;
-        if e.shape.len() != 2 {
+        let [rows, cols] = e.shape[..] else {
             return Err(Error::Checkpoint(format!(
                 "{name} has shape {:?}; expected a 2-D table",
                 e.shape
             )));
-        }
+        };
+        let Some(row_bytes) = e.encoding.row_bytes(cols) else {
+            return Err(Error::Checkpoint(format!(
+                "{name}: rows of {cols} values do not fit {:?} blocks",
+                e.encoding
+            )));
+        };
         Ok(EmbeddingTable {
             maps: self.maps.clone(),
             file: e.file,
             start: e.start,
-            rows: e.shape[0],
-            cols: e.shape[1],
-            dtype: e.dtype,
+            rows,
+            cols,
+            row_bytes,
+            encoding: e.encoding,
         })
     }
 
@@ -179,10 +252,18 @@ impl Checkpoint {
 
     fn read(&self, name: &str) -> candle_core::Result<Tensor> {
         let e = self.entry(name)?;
-        match e.dtype {
-            DType::BF16 => self.read_as::<half::bf16>(name, e),
-            DType::F16 => self.read_as::<half::f16>(name, e),
-            _ => self.read_as::<f32>(name, e),
+        match e.encoding {
+            Encoding::Float(DType::BF16) => self.read_as::<half::bf16>(name, e),
+            Encoding::Float(DType::F16) => self.read_as::<half::f16>(name, e),
+            Encoding::Float(_) => self.read_as::<f32>(name, e),
+            // Decoded straight from the map (blocks need their alignment), then let go.
+            Encoding::Blocks(dtype) => {
+                let mut values = vec![0f32; e.shape.iter().product()];
+                dequantize_into(dtype, self.mapped(e), &mut values);
+                release(&self.maps[e.file], e.start, e.end - e.start);
+                self.note_read(e.end - e.start);
+                Tensor::from_vec(values, e.shape.as_slice(), &Device::Cpu)
+            }
         }
     }
 
@@ -247,7 +328,8 @@ pub struct EmbeddingTable {
     start: usize,
     rows: usize,
     cols: usize,
-    dtype: DType,
+    row_bytes: usize,
+    encoding: Encoding,
 }
 
 impl EmbeddingTable {
@@ -261,37 +343,43 @@ impl EmbeddingTable {
 
     /// Size of the whole table in the file.
     pub fn bytes(&self) -> usize {
-        self.rows * self.cols * self.dtype.size_in_bytes()
+        self.rows * self.row_bytes
     }
 
     fn row_bytes(&self, row: usize) -> &[u8] {
-        let width = self.dtype.size_in_bytes() * self.cols;
-        let at = self.start + row * width;
-        &self.maps[self.file][at..at + width]
+        let at = self.start + row * self.row_bytes;
+        &self.maps[self.file][at..at + self.row_bytes]
+    }
+
+    /// The whole table, when a GGUF file stores it in ggml blocks (`dtype`, bytes).
+    pub(crate) fn blocks(&self) -> Option<(GgmlDType, &[u8])> {
+        match self.encoding {
+            Encoding::Blocks(dtype) => {
+                let len = self.rows * self.row_bytes;
+                Some((dtype, &self.maps[self.file][self.start..self.start + len]))
+            }
+            Encoding::Float(_) => None,
+        }
     }
 
     /// Drop the table's pages from this process (they stay in the page cache); later gathers
     /// fault in only the rows they touch.  Used after reading the whole table once.
     pub fn release_pages(&self) {
-        #[cfg(unix)]
-        {
-            let len = self.rows * self.cols * self.dtype.size_in_bytes();
-            // SAFETY: the map is read-only and file-backed, so dropped pages are re-read from the
-            // file on the next access; no data can be lost.
-            let _ = unsafe {
-                self.maps[self.file].unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    self.start,
-                    len,
-                )
-            };
-        }
+        release(
+            &self.maps[self.file],
+            self.start,
+            self.rows * self.row_bytes,
+        );
     }
 
     /// Write row `row` as f32 into `out` (`cols` long).
     pub fn row_into(&self, row: usize, out: &mut [f32]) {
         let bytes = self.row_bytes(row);
-        match self.dtype {
+        let dtype = match self.encoding {
+            Encoding::Blocks(dtype) => return dequantize_into(dtype, bytes, out),
+            Encoding::Float(dtype) => dtype,
+        };
+        match dtype {
             DType::BF16 => {
                 for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                     *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
@@ -324,6 +412,19 @@ impl EmbeddingTable {
         shape.push(self.cols);
         Tensor::from_vec(out, shape, &Device::Cpu)?.to_device(device)
     }
+}
+
+/// Drop `len` bytes at `start` of a map from this process (they stay in the page cache).
+fn release(map: &Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        // SAFETY: the map is read-only and file-backed, so dropped pages are re-read from the
+        // file on the next access; no data can be lost.
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
 }
 
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -388,7 +489,7 @@ fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<
     Ok(())
 }
 
-fn map_file(path: &Path) -> Result<(File, Mmap)> {
+pub(crate) fn map_file(path: &Path) -> Result<(File, Mmap)> {
     let file = File::open(path)
         .map_err(|e| Error::Checkpoint(format!("cannot open {}: {e}", path.display())))?;
     // SAFETY: read-only map of a file we only read; it must not be modified while the model
@@ -430,7 +531,7 @@ fn index_file(
                 file,
                 start,
                 end: start + view.data().len(),
-                dtype,
+                encoding: Encoding::Float(dtype),
                 shape: view.shape().to_vec(),
             },
         );

@@ -125,8 +125,9 @@ impl MediaEmbeddings {
 pub struct Gemma3nModel {
     cfg: Gemma3nConfig,
     text: TextModel,
-    embed_vision: MultimodalEmbedder,
-    embed_audio: MultimodalEmbedder,
+    /// Absent from text-only checkpoints (GGUF files).
+    embed_vision: Option<MultimodalEmbedder>,
+    embed_audio: Option<MultimodalEmbedder>,
     /// Kept to build the towers lazily, when the first image or clip arrives.
     vb: VarBuilder<'static>,
     vision_tower: OnceLock<VisionTower>,
@@ -146,11 +147,17 @@ impl Gemma3nModel {
         )
     }
 
-    /// Load with explicit weight storage, device and threads.
-    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+    /// Load with explicit weight storage, device and threads.  `path` is a model folder, or a
+    /// llama.cpp GGUF file (text decoder only; its ggml blocks are kept as they are).
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Self> {
         opts.apply_threads()?;
-        let cfg = Gemma3nConfig::from_file(&dir.join("config.json"))?;
-        let mut checkpoint = Checkpoint::open(dir)?;
+        let (cfg, mut checkpoint) = if crate::gguf::is_gguf(path) {
+            let (checkpoint, cfg) = crate::gguf::open(path)?;
+            (Gemma3nConfig::from_json(&cfg.to_string())?, checkpoint)
+        } else {
+            let cfg = Gemma3nConfig::from_file(&path.join("config.json"))?;
+            (cfg, Checkpoint::open(path)?)
+        };
         if let Some(report) = &opts.progress {
             // Everything the decoder and embedders read whole; the per-layer table is gathered.
             let counted = |name: &str| {
@@ -180,21 +187,33 @@ impl Gemma3nModel {
         let text = TextModel::new(t, model.pp("language_model"), checkpoint, weights)?;
         let v = &cfg.vision_config;
         let a = &cfg.audio_config;
-        let embed_vision = MultimodalEmbedder::new(
+        let embedder = |width, offset, size, eps, name: &str| -> Result<_> {
+            let vb = model.pp(name);
+            if !vb.contains_tensor("embedding.weight") {
+                return Ok(None);
+            }
+            Ok(Some(MultimodalEmbedder::new(
+                width,
+                t.hidden_size,
+                offset,
+                size,
+                eps,
+                vb,
+            )?))
+        };
+        let embed_vision = embedder(
             v.hidden_size,
-            t.hidden_size,
             v.vocab_offset,
             v.vocab_size,
             v.rms_norm_eps,
-            model.pp("embed_vision"),
+            "embed_vision",
         )?;
-        let embed_audio = MultimodalEmbedder::new(
+        let embed_audio = embedder(
             a.hidden_size,
-            t.hidden_size,
             a.vocab_offset,
             a.vocab_size,
             a.rms_norm_eps,
-            model.pp("embed_audio"),
+            "embed_audio",
         )?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -223,12 +242,14 @@ impl Gemma3nModel {
         self.text.dtype()
     }
 
-    pub fn embed_vision(&self) -> &MultimodalEmbedder {
-        &self.embed_vision
+    pub fn embed_vision(&self) -> Result<&MultimodalEmbedder> {
+        self.embed_vision
+            .as_ref()
+            .ok_or_else(|| text_only("images"))
     }
 
-    pub fn embed_audio(&self) -> &MultimodalEmbedder {
-        &self.embed_audio
+    pub fn embed_audio(&self) -> Result<&MultimodalEmbedder> {
+        self.embed_audio.as_ref().ok_or_else(|| text_only("audio"))
     }
 
     /// The checkpoint's var builder, rooted at the top (`model.` prefix not applied).
@@ -253,8 +274,8 @@ impl Gemma3nModel {
     pub fn embed_inputs(&self, ids: &Tensor, media: &MediaEmbeddings) -> Result<(Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
         let d = self.cfg.text_config.hidden_size;
-        let v_off = self.embed_vision.vocab_offset();
-        let a_off = self.embed_audio.vocab_offset();
+        let v_off = self.cfg.vision_config.vocab_offset as u32;
+        let a_off = self.cfg.audio_config.vocab_offset as u32;
         let host_ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
         let vocab = self.cfg.text_config.vocab_size as u32;
         if let Some(bad) = host_ids.iter().find(|&&id| id >= vocab) {
@@ -275,6 +296,8 @@ impl Gemma3nModel {
             (&self.embed_vision, v_off, a_off),
             (&self.embed_audio, a_off, u32::MAX),
         ] {
+            // Without an embedder (text-only checkpoint) these ids keep their token-table rows.
+            let Some(embedder) = embedder else { continue };
             if !host_ids.iter().any(|&id| id >= lo && id < hi) {
                 continue;
             }
@@ -397,6 +420,7 @@ impl Gemma3nModel {
         if let Some(tower) = self.vision_tower.get() {
             return Ok(tower);
         }
+        self.embed_vision()?;
         let v = &self.cfg.vision_config;
         let arch = Arch::from_config(v)?;
         let vb = self
@@ -443,7 +467,7 @@ impl Gemma3nModel {
         let scale = (self.cfg.vision_config.hidden_size as f64).sqrt();
         let scaled = (features.reshape((n, gh * gw, c))? * scale)?;
         Ok(self
-            .embed_vision
+            .embed_vision()?
             .embed_features(&scaled.to_dtype(self.dtype())?)?)
     }
 
@@ -452,6 +476,7 @@ impl Gemma3nModel {
         if let Some(tower) = self.audio_tower.get() {
             return Ok(tower);
         }
+        self.embed_audio()?;
         let tower = AudioEncoder::new(
             &self.cfg.audio_config,
             self.vb.pp("model").pp("audio_tower"),
@@ -516,11 +541,11 @@ impl Gemma3nModel {
                  split the recording into shorter clips"
             )));
         }
-        let soft = self.embed_audio.embed_features(&enc.features)?;
+        let embed_audio = self.embed_audio()?;
+        let soft = embed_audio.embed_features(&enc.features)?;
         let d = soft.dim(2)?;
-        let pad_id = self.embed_audio.vocab_offset() + self.embed_audio.vocab_size() - 1;
-        let pad = self
-            .embed_audio
+        let pad_id = embed_audio.vocab_offset() + embed_audio.vocab_size() - 1;
+        let pad = embed_audio
             .embed_ids(&Tensor::new(&[pad_id], soft.device())?)?
             .to_dtype(soft.dtype())?
             .reshape((1, 1, d))?;
@@ -532,4 +557,11 @@ impl Gemma3nModel {
         let fill = pad.broadcast_as((n, slots - tokens, d))?;
         Ok(Tensor::cat(&[&soft, &fill], 1)?)
     }
+}
+
+fn text_only(what: &str) -> Error {
+    Error::Input(format!(
+        "this model holds only the text decoder (a GGUF file has no vision or audio tower), \
+         so it cannot take {what}"
+    ))
 }

@@ -10,10 +10,15 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use half::bf16;
+use half::f16;
 use rayon::prelude::*;
 
 use crate::quantise::Quantise;
@@ -133,6 +138,15 @@ impl<T: Quantise + 'static> Packed<T> {
             );
         Self { blocks, rows, cols }
     }
+}
+
+impl<T: GgmlType + 'static> Packed<T> {
+    /// Take ready-made blocks (`rows` rows of `cols / BLCK_SIZE` blocks each) as they are.
+    fn from_bytes(rows: usize, cols: usize, bytes: &[u8]) -> Self {
+        let mut blocks = Blocks::<T>::zeroed(rows * (cols / T::BLCK_SIZE));
+        blocks.map[..bytes.len()].copy_from_slice(bytes);
+        Self { blocks, rows, cols }
+    }
 
     /// Tiles of weight rows widened to f32 and multiplied with all `m` rows by `gemm`: the
     /// prefill path.
@@ -184,8 +198,98 @@ impl<T: Quantise + 'static> Packed<T> {
     }
 }
 
+/// Evaluates `$body` with `$t` standing for the block type of ggml dtype `$dtype`.
+macro_rules! with_block_type {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            GgmlDType::F32 => {
+                type $t = f32;
+                $body
+            }
+            GgmlDType::F16 => {
+                type $t = f16;
+                $body
+            }
+            GgmlDType::BF16 => {
+                type $t = bf16;
+                $body
+            }
+            GgmlDType::Q4_0 => {
+                type $t = BlockQ4_0;
+                $body
+            }
+            GgmlDType::Q4_1 => {
+                type $t = BlockQ4_1;
+                $body
+            }
+            GgmlDType::Q5_0 => {
+                type $t = BlockQ5_0;
+                $body
+            }
+            GgmlDType::Q5_1 => {
+                type $t = BlockQ5_1;
+                $body
+            }
+            GgmlDType::Q8_0 => {
+                type $t = BlockQ8_0;
+                $body
+            }
+            GgmlDType::Q8_1 => {
+                type $t = BlockQ8_1;
+                $body
+            }
+            GgmlDType::Q2K => {
+                type $t = BlockQ2K;
+                $body
+            }
+            GgmlDType::Q3K => {
+                type $t = BlockQ3K;
+                $body
+            }
+            GgmlDType::Q4K => {
+                type $t = BlockQ4K;
+                $body
+            }
+            GgmlDType::Q5K => {
+                type $t = BlockQ5K;
+                $body
+            }
+            GgmlDType::Q6K => {
+                type $t = BlockQ6K;
+                $body
+            }
+            GgmlDType::Q8K => {
+                type $t = BlockQ8K;
+                $body
+            }
+        }
+    };
+}
+
+/// Bytes of `elements` values stored as `dtype`; `None` when its blocks do not divide them.
+pub fn ggml_bytes(dtype: GgmlDType, elements: usize) -> Option<usize> {
+    elements
+        .is_multiple_of(dtype.block_size())
+        .then(|| elements / dtype.block_size() * dtype.type_size())
+}
+
+/// Decode `out.len()` values stored as `dtype` in `bytes` (exactly `ggml_bytes` long, aligned
+/// to the block type, as GGUF tensor data is).
+pub fn dequantize_into(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+    with_block_type!(dtype, T => {
+        assert_eq!(Some(bytes.len()), ggml_bytes(dtype, out.len()), "dequantising {dtype:?}");
+        assert!(bytes.as_ptr().cast::<T>().is_aligned(), "misaligned {dtype:?} data");
+        // SAFETY: length and alignment checked above; ggml blocks are plain integers and
+        // half floats, valid for any bit pattern.
+        let blocks = unsafe {
+            std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size_of::<T>())
+        };
+        T::to_float(blocks, out)
+    })
+}
+
 /// The few-rows (decode) product of a block type.
-trait Kernel: Quantise + 'static {
+trait Kernel: GgmlType + 'static {
     /// Row-by-row dot products with the activations in the kernel's companion format (q8 blocks
     /// for quantised weights).
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
@@ -206,6 +310,37 @@ impl Kernel for BlockQ8_0 {}
 impl Kernel for BlockQ4K {}
 impl Kernel for BlockQ6K {}
 impl Kernel for BlockQ4_0 {}
+// Further block types a GGUF file may store.
+impl Kernel for BlockQ4_1 {}
+impl Kernel for BlockQ5_0 {}
+impl Kernel for BlockQ5_1 {}
+impl Kernel for BlockQ2K {}
+impl Kernel for BlockQ3K {}
+impl Kernel for BlockQ5K {}
+impl Kernel for BlockQ8K {}
+impl Kernel for f32 {}
+
+impl Kernel for f16 {
+    /// Activations stay f32 (the model never runs in f16), weights widened exactly.
+    fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
+        let k = p.cols;
+        let blocks = p.blocks.as_slice();
+        tiled(m, p.rows, |i, r| {
+            blocks[r * k..(r + 1) * k]
+                .iter()
+                .zip(&x[i * k..(i + 1) * k])
+                .map(|(w, x)| w.to_f32() * x)
+                .sum()
+        })
+    }
+}
+
+/// Q8_1 is an activation format: candle has no weight dot product for it.
+impl Kernel for BlockQ8_1 {
+    fn matmul_dot(_: &Packed<Self>, _: &[f32], _: usize) -> Vec<f32> {
+        unreachable!("QLinear::from_blocks refuses Q8_1 weights")
+    }
+}
 
 impl Kernel for bf16 {
     /// Activations stay f32.  (Candle's AVX bf16 dot product cannot be used: with F16C enabled
@@ -379,6 +514,28 @@ impl QLinear {
     }
 }
 
+impl QLinear {
+    /// A `[rows, cols]` matrix already stored as `dtype` (a GGUF tensor's bytes), kept in its
+    /// blocks: no re-quantisation.
+    pub fn from_blocks(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        if ggml_bytes(dtype, cols).map(|b| b * rows) != Some(bytes.len()) {
+            candle_core::bail!(
+                "{} bytes do not hold a {rows}x{cols} matrix of {dtype:?} blocks",
+                bytes.len()
+            );
+        }
+        if dtype == GgmlDType::Q8_1 {
+            candle_core::bail!(
+                "Q8_1 is an activation format; a weight matrix in it is not supported"
+            );
+        }
+        let packed: Arc<dyn PackedMatmul> = with_block_type!(dtype, T => {
+            Arc::new(Packed::<T>::from_bytes(rows, cols, bytes))
+        });
+        Ok(Self::Packed(packed))
+    }
+}
+
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -470,6 +627,51 @@ mod tests {
     fn q4k_matmul_is_close_to_f32() {
         check(WeightFormat::Q4K, false, 1.5e-1);
         check(WeightFormat::Q4K, true, 4e-2);
+    }
+
+    /// GGUF tensors arrive as block bytes (here: candle's own quantiser): kept as they are, they
+    /// multiply as the values they decode to, on both the dot-product and the GEMM path.
+    #[test]
+    fn ready_made_blocks_multiply_as_their_values() {
+        let (rows, cols) = (40, 512);
+        let w = matrix(rows, cols, 5);
+        let weights = Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap();
+        for (dtype, max_err) in [
+            (GgmlDType::Q8_0, 2e-2),
+            (GgmlDType::Q4K, 1.5e-1),
+            (GgmlDType::Q6K, 4e-2),
+            (GgmlDType::BF16, 1e-2),
+        ] {
+            let q = candle_core::quantized::QTensor::quantize(&weights, dtype).unwrap();
+            let bytes = q.data().unwrap();
+            let mut values = vec![0f32; rows * cols];
+            dequantize_into(dtype, &bytes, &mut values);
+            let err = values
+                .iter()
+                .zip(&w)
+                .fold(0f32, |a, (b, v)| a.max((b - v).abs()));
+            assert!(err <= max_err * 2.0, "{dtype:?} decodes with error {err}");
+            let QLinear::Packed(p) = QLinear::from_blocks(dtype, rows, cols, &bytes).unwrap()
+            else {
+                panic!("not packed");
+            };
+            for m in [3, GEMM_MIN_ROWS + 5] {
+                let x = matrix(m, cols, 6);
+                let want = reference(&values, &x, rows, cols, m);
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let err = p
+                    .matmul(&x, m)
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+                // Only the activations' own 8-bit rounding (dot-product path) separates them.
+                assert!(err <= 2e-2 * scale, "{dtype:?} m={m}: {err} vs {scale}");
+            }
+        }
+        let short = QLinear::from_blocks(GgmlDType::Q8_0, rows, cols, &[0u8; 10]);
+        assert!(short.is_err());
+        let q8_1 = vec![0u8; ggml_bytes(GgmlDType::Q8_1, cols).unwrap() * rows];
+        assert!(QLinear::from_blocks(GgmlDType::Q8_1, rows, cols, &q8_1).is_err());
     }
 
     #[test]

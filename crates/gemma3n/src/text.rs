@@ -73,6 +73,19 @@ fn attention_mask(
     Tensor::from_vec(mask, (len, keys), device)?.to_dtype(dtype)
 }
 
+/// Where the decoder's matrices come from and how they are stored.
+#[derive(Clone, Copy)]
+struct Matrices<'a> {
+    checkpoint: &'a Checkpoint,
+    fmt: WeightFormat,
+}
+
+impl Matrices<'_> {
+    fn load(&self, in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<QLinear> {
+        self.checkpoint.linear(in_dim, out_dim, self.fmt, vb)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Attention {
     q_proj: QLinear,
@@ -94,7 +107,7 @@ struct KeyValueProjection {
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, owns_kv: bool, fmt: WeightFormat, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, owns_kv: bool, m: Matrices, vb: VarBuilder) -> Result<Self> {
         let (h, kvh, hd, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
@@ -104,8 +117,8 @@ impl Attention {
         let eps = cfg.rms_norm_eps;
         let kv = if owns_kv {
             Some(KeyValueProjection {
-                k_proj: QLinear::load(d, kvh * hd, fmt, vb.pp("k_proj"))?,
-                v_proj: QLinear::load(d, kvh * hd, fmt, vb.pp("v_proj"))?,
+                k_proj: m.load(d, kvh * hd, vb.pp("k_proj"))?,
+                v_proj: m.load(d, kvh * hd, vb.pp("v_proj"))?,
                 k_norm: RmsNorm::new(hd, eps, vb.pp("k_norm"))?,
                 v_norm: RmsNorm::without_weight(hd, eps, vb.device())?,
             })
@@ -113,9 +126,9 @@ impl Attention {
             None
         };
         Ok(Self {
-            q_proj: QLinear::load(d, h * hd, fmt, vb.pp("q_proj"))?,
+            q_proj: m.load(d, h * hd, vb.pp("q_proj"))?,
             kv,
-            o_proj: QLinear::load(h * hd, d, fmt, vb.pp("o_proj"))?,
+            o_proj: m.load(h * hd, d, vb.pp("o_proj"))?,
             q_norm: RmsNorm::new(hd, eps, vb.pp("q_norm"))?,
             num_heads: h,
             num_kv_heads: kvh,
@@ -130,7 +143,6 @@ impl Attention {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
-        window: Option<usize>,
         cache: &mut Cache,
         kv_layer: usize,
     ) -> Result<Tensor> {
@@ -143,7 +155,7 @@ impl Attention {
         let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
         let q = apply_rotary(&q, cos, sin)?;
 
-        let (k, v) = match &self.kv {
+        let view = match &self.kv {
             Some(p) => {
                 let shape = (b, t, self.num_kv_heads, self.head_dim);
                 let k = p.k_norm.forward(&p.k_proj.forward(x)?.reshape(shape)?)?;
@@ -153,22 +165,10 @@ impl Attention {
             }
             None => cache.layer(kv_layer).current()?,
         };
-
-        // A sliding layer's queries at start.. see nothing before start + 1 - window: skip those
-        // keys (their mask columns are all -inf) so long chats cost O(window) per token.
-        let (k, v, mask) = match window {
-            Some(w) => {
-                let total = k.dim(2)?;
-                let first = (total - t + 1).saturating_sub(w);
-                let kept = total - first;
-                (
-                    k.narrow(2, first, kept)?,
-                    v.narrow(2, first, kept)?,
-                    mask.narrow(1, first, kept)?,
-                )
-            }
-            None => (k, v, mask.clone()),
-        };
+        // The cache returns only the keys these queries can see (a sliding layer's last
+        // `window`), starting at position `first`: O(window) attention per token.
+        let (k, v) = (view.keys, view.values);
+        let mask = mask.narrow(1, view.first, k.dim(2)?)?;
 
         // Grouped-query attention: fold the query heads sharing a KV head into the time axis.
         let groups = self.num_heads / self.num_kv_heads;
@@ -208,13 +208,13 @@ impl Mlp {
         hidden: usize,
         intermediate: usize,
         sparsity: f64,
-        fmt: WeightFormat,
+        m: Matrices,
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            gate_proj: QLinear::load(hidden, intermediate, fmt, vb.pp("gate_proj"))?,
-            up_proj: QLinear::load(hidden, intermediate, fmt, vb.pp("up_proj"))?,
-            down_proj: QLinear::load(intermediate, hidden, fmt, vb.pp("down_proj"))?,
+            gate_proj: m.load(hidden, intermediate, vb.pp("gate_proj"))?,
+            up_proj: m.load(hidden, intermediate, vb.pp("up_proj"))?,
+            down_proj: m.load(intermediate, hidden, vb.pp("down_proj"))?,
             sparsity_std_multiplier: (sparsity > 0.0).then(|| standard_normal_quantile(sparsity)),
         })
     }
@@ -338,11 +338,11 @@ struct Laurel {
 }
 
 impl Laurel {
-    fn new(cfg: &TextConfig, fmt: WeightFormat, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, m: Matrices, vb: VarBuilder) -> Result<Self> {
         let (d, r) = (cfg.hidden_size, cfg.laurel_rank);
         Ok(Self {
-            linear_left: QLinear::load(d, r, fmt, vb.pp("linear_left"))?,
-            linear_right: QLinear::load(r, d, fmt, vb.pp("linear_right"))?,
+            linear_left: m.load(d, r, vb.pp("linear_left"))?,
+            linear_right: m.load(r, d, vb.pp("linear_right"))?,
             post_laurel_norm: RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("post_laurel_norm"))?,
         })
     }
@@ -371,13 +371,11 @@ struct DecoderLayer {
     layer_type: LayerType,
     /// Cache entry this layer reads (its own, or its donor's for KV-shared layers).
     kv_layer: usize,
-    /// Attention span of sliding layers.
-    window: Option<usize>,
     active: usize,
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, index: usize, fmt: WeightFormat, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, index: usize, m: Matrices, vb: VarBuilder) -> Result<Self> {
         let (d, p, eps) = (
             cfg.hidden_size,
             cfg.hidden_size_per_layer_input,
@@ -386,27 +384,25 @@ impl DecoderLayer {
         let donor = cfg.kv_donor(index);
         let norm = |name: &str| RmsNorm::new(d, eps, vb.pp(name));
         Ok(Self {
-            self_attn: Attention::new(cfg, donor.is_none(), fmt, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, donor.is_none(), m, vb.pp("self_attn"))?,
             mlp: Mlp::new(
                 d,
                 cfg.intermediate_sizes()[index],
                 cfg.activation_sparsity()[index],
-                fmt,
+                m,
                 vb.pp("mlp"),
             )?,
             altup: AltUp::new(cfg, vb.pp("altup"))?,
-            laurel: Laurel::new(cfg, fmt, vb.pp("laurel"))?,
+            laurel: Laurel::new(cfg, m, vb.pp("laurel"))?,
             input_layernorm: norm("input_layernorm")?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
             pre_feedforward_layernorm: norm("pre_feedforward_layernorm")?,
             post_feedforward_layernorm: norm("post_feedforward_layernorm")?,
-            per_layer_input_gate: QLinear::load(d, p, fmt, vb.pp("per_layer_input_gate"))?,
-            per_layer_projection: QLinear::load(p, d, fmt, vb.pp("per_layer_projection"))?,
+            per_layer_input_gate: m.load(d, p, vb.pp("per_layer_input_gate"))?,
+            per_layer_projection: m.load(p, d, vb.pp("per_layer_projection"))?,
             post_per_layer_input_norm: norm("post_per_layer_input_norm")?,
             layer_type: cfg.layer_types()[index],
             kv_layer: donor.unwrap_or(index),
-            window: (cfg.layer_types()[index] == LayerType::SlidingAttention)
-                .then_some(cfg.sliding_window),
             active: cfg.altup_active_idx,
         })
     }
@@ -425,9 +421,9 @@ impl DecoderLayer {
         let normed = self.input_layernorm.forward(&active)?;
         let laurel = self.laurel.forward(&normed)?;
 
-        let attn =
-            self.self_attn
-                .forward(&normed, rope, mask, self.window, cache, self.kv_layer)?;
+        let attn = self
+            .self_attn
+            .forward(&normed, rope, mask, cache, self.kv_layer)?;
         let attn = self.post_attention_layernorm.forward(&attn)?;
         let attn_laurel = (((active + attn)? + laurel)? / std::f64::consts::SQRT_2)?;
 
@@ -527,28 +523,34 @@ impl TextModel {
             cfg.vocab_size_per_layer_input,
             l * p,
         )?;
-        let lm_head = if fmt == WeightFormat::Dense || !dev.is_cpu() {
-            QLinear::Dense(linear(d, cfg.vocab_size, vb.pp("embed_tokens"))?)
-        } else {
-            let head = lm_head_from_table(&embed_tokens, fmt);
-            checkpoint.note_read(embed_tokens.bytes());
-            head
+        let m = Matrices { checkpoint, fmt };
+        let lm_head = match embed_tokens.blocks() {
+            // A GGUF table in ggml blocks is the head as it is.
+            Some((dtype, bytes)) if dev.is_cpu() => {
+                let head = QLinear::from_blocks(dtype, cfg.vocab_size, d, bytes)?;
+                embed_tokens.release_pages();
+                checkpoint.note_read(embed_tokens.bytes());
+                head
+            }
+            _ if fmt == WeightFormat::Dense || !dev.is_cpu() => {
+                QLinear::Dense(linear(d, cfg.vocab_size, vb.pp("embed_tokens"))?)
+            }
+            _ => {
+                let head = lm_head_from_table(&embed_tokens, fmt);
+                checkpoint.note_read(embed_tokens.bytes());
+                head
+            }
         };
         let projections = |name: &str| -> Result<Vec<QLinear>> {
             (0..n.saturating_sub(1))
-                .map(|i| QLinear::load(d, d, fmt, vb.pp(format!("{name}.{i}"))))
+                .map(|i| m.load(d, d, vb.pp(format!("{name}.{i}"))))
                 .collect()
         };
         Ok(Self {
             embed_tokens,
             embed_tokens_per_layer,
             lm_head,
-            per_layer_model_projection: QLinear::load(
-                d,
-                l * p,
-                fmt,
-                vb.pp("per_layer_model_projection"),
-            )?,
+            per_layer_model_projection: m.load(d, l * p, vb.pp("per_layer_model_projection"))?,
             per_layer_projection_norm: RmsNorm::new(
                 p,
                 cfg.rms_norm_eps,
@@ -557,7 +559,7 @@ impl TextModel {
             altup_projections: projections("altup_projections")?,
             altup_unembed_projections: projections("altup_unembed_projections")?,
             layers: (0..l)
-                .map(|i| DecoderLayer::new(cfg, i, fmt, vb.pp(format!("layers.{i}"))))
+                .map(|i| DecoderLayer::new(cfg, i, m, vb.pp(format!("layers.{i}"))))
                 .collect::<Result<_>>()?,
             norm: RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("norm"))?,
             rope_sliding: Rotary::new(
@@ -588,9 +590,14 @@ impl TextModel {
         &self.device
     }
 
-    /// A cache sized for this decoder.
+    /// A cache for this decoder: rolling on sliding layers, growing on full-attention ones.
     pub fn new_cache(&self) -> Cache {
-        Cache::new(self.cfg.first_kv_shared_layer())
+        let windows: Vec<Option<usize>> = self.cfg.layer_types()
+            [..self.cfg.first_kv_shared_layer()]
+            .iter()
+            .map(|&kind| (kind == LayerType::SlidingAttention).then_some(self.cfg.sliding_window))
+            .collect();
+        Cache::new(&windows)
     }
 
     /// Token embeddings times `sqrt(hidden_size)`; `ids` `[B, T]` u32.

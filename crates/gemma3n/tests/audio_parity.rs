@@ -67,7 +67,11 @@ fn tower_matches(variant: &str) {
         &golden.mask("audio.encoder_output_mask"),
     );
 
-    let soft = model.embed_audio().embed_features(&enc.features).unwrap();
+    let soft = model
+        .embed_audio()
+        .unwrap()
+        .embed_features(&enc.features)
+        .unwrap();
     assert_close_rel(
         &format!("{variant} soft_embeddings"),
         &soft,
@@ -146,7 +150,11 @@ fn batch_matches(variant: &str) {
     let padding = golden.mask("audio_batch.encoder_output_mask");
     assert_valid_matches(variant, &enc.valid, &padding);
     // The reference embeds every row, padded ones included (they are zero vectors there too).
-    let soft = model.embed_audio().embed_features(&enc.features).unwrap();
+    let soft = model
+        .embed_audio()
+        .unwrap()
+        .embed_features(&enc.features)
+        .unwrap();
     assert_close_rel(
         &format!("{variant} batch soft_embeddings"),
         &soft,

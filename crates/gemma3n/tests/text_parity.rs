@@ -145,3 +145,52 @@ fn legacy_config_gives_same_rope() {
         }
     }
 }
+
+/// With the context 20× past E's window of 4, the rolling cache (fed in uneven chunks, cut back
+/// and refilled like a new chat turn) gives the logits of one uncached pass over every position.
+#[test]
+fn rolling_cache_matches_a_full_pass_far_past_the_window() {
+    let model = load("E");
+    let window = model.config().text_config.sliding_window;
+    let vocab = model.config().text_config.vocab_size_per_layer_input as u32;
+    let ids: Vec<u32> = (0..80u32).map(|i| (i * 37 + 11) % vocab).collect();
+    assert!(ids.len() >= 20 * window);
+    let none = MediaEmbeddings::default();
+    let full = model
+        .forward(&ids_tensor(&ids), &none, &mut model.new_cache())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+
+    let mut cache = model.new_cache();
+    let run = |cache: &mut gemma3n::Cache, from: usize, to: usize| {
+        let logits = model
+            .forward(&ids_tensor(&ids[from..to]), &none, cache)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        assert_close(
+            &format!("positions {from}..{to}"),
+            &logits,
+            &full.narrow(0, from, to - from).unwrap(),
+            1e-4,
+        );
+    };
+    let mut pos = 0;
+    for chunk in [9, 1, 1, 3, 17, 1, 1, 1, 2] {
+        run(&mut cache, pos, pos + chunk);
+        pos += chunk;
+    }
+    // A new turn that shares all but the last 3 positions reuses the cache...
+    assert_eq!(cache.truncate(pos - 3), pos - 3);
+    pos -= 3;
+    while pos < ids.len() {
+        run(&mut cache, pos, pos + 1);
+        pos += 1;
+    }
+    assert!(cache.bytes() > 0);
+    // ...one that goes back further than the sliding layers keep starts over.
+    assert_eq!(cache.truncate(pos - 3 * window), 0);
+    assert_eq!(cache.seq_len(), 0);
+    run(&mut cache, 0, 12);
+}

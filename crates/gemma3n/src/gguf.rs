@@ -1,0 +1,382 @@
+//! llama.cpp GGUF files of Gemma 3n (`general.architecture = gemma3n`): the text decoder only.
+//!
+//! The file is indexed under the Hugging Face tensor names, so the rest of the crate loads it
+//! like a safetensors checkpoint: llama.cpp's names (`blk.N.attn_q`, `per_layer_token_embd`, the
+//! stacked `altup_proj`, ...) are mapped back, and its metadata becomes a `text_config`.  Matrices
+//! stored in ggml blocks (bf16 and f16 included) stay in them, whatever `--quant` says
+//! ([`crate::Checkpoint::linear`]); the embedding tables are gathered from the map a row at a
+//! time, decoding each row.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::DType;
+use serde_json::{json, Value as Json};
+
+use crate::loader::{map_file, Checkpoint, Encoding, Entry};
+use crate::quant::ggml_bytes;
+use crate::{Error, Result};
+
+const PREFIX: &str = "model.language_model";
+
+/// Per-layer tensors: llama.cpp's name after `blk.N.`, ours after `layers.N.`.
+const LAYER_TENSORS: [(&str, &str); 24] = [
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+    ("attn_norm.weight", "input_layernorm.weight"),
+    (
+        "post_attention_norm.weight",
+        "post_attention_layernorm.weight",
+    ),
+    ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+    ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+    ("altup_correct_scale.weight", "altup.correct_output_scale"),
+    ("altup_correct_coef.weight", "altup.correction_coefs.weight"),
+    ("altup_predict_coef.weight", "altup.prediction_coefs.weight"),
+    ("altup_router.weight", "altup.modality_router.weight"),
+    ("altup_router_norm.weight", "altup.router_norm.weight"),
+    ("laurel_l.weight", "laurel.linear_left.weight"),
+    ("laurel_r.weight", "laurel.linear_right.weight"),
+    ("laurel_post_norm.weight", "laurel.post_laurel_norm.weight"),
+    ("inp_gate.weight", "per_layer_input_gate.weight"),
+    ("proj.weight", "per_layer_projection.weight"),
+    ("post_norm.weight", "post_per_layer_input_norm.weight"),
+];
+
+const GLOBAL_TENSORS: [(&str, &str); 5] = [
+    ("token_embd.weight", "embed_tokens.weight"),
+    (
+        "per_layer_token_embd.weight",
+        "embed_tokens_per_layer.weight",
+    ),
+    (
+        "per_layer_model_proj.weight",
+        "per_layer_model_projection.weight",
+    ),
+    (
+        "per_layer_proj_norm.weight",
+        "per_layer_projection_norm.weight",
+    ),
+    ("output_norm.weight", "norm.weight"),
+];
+
+/// AltUp projections, stacked `[N - 1, D, D]` in the file.
+const STACKED_TENSORS: [(&str, &str); 2] = [
+    ("altup_proj.weight", "altup_projections"),
+    ("altup_unembd_proj.weight", "altup_unembed_projections"),
+];
+
+/// What a text-only GGUF cannot say about the multimodal model: the released checkpoints' token
+/// ids and tower settings.  A `config.json` next to the file takes precedence.
+const MULTIMODAL_DEFAULTS: &str = r#"{
+  "vision_config": {"architecture": "mobilenetv5_300m_enc", "hidden_size": 2048,
+                    "vocab_size": 128, "vocab_offset": 262144, "rms_norm_eps": 1e-06},
+  "audio_config": {"vocab_size": 128, "vocab_offset": 262272, "input_feat_size": 128,
+                   "hidden_size": 1536, "rms_norm_eps": 1e-06, "gradient_clipping": 1e10,
+                   "conf_attention_chunk_size": 12, "conf_attention_context_left": 13,
+                   "conf_attention_context_right": 0, "conf_attention_logit_cap": 50.0,
+                   "conf_num_attention_heads": 8, "conf_num_hidden_layers": 12,
+                   "conf_conv_kernel_size": 5, "conf_reduction_factor": 4,
+                   "conf_residual_weight": 0.5, "sscp_conv_channel_size": [128, 32],
+                   "sscp_conv_group_norm_eps": 0.001,
+                   "sscp_conv_kernel_size": [[3, 3], [3, 3]],
+                   "sscp_conv_stride_size": [[2, 2], [2, 2]]},
+  "vision_soft_tokens_per_image": 256, "audio_soft_tokens_per_image": 188,
+  "boi_token_id": 255999, "eoi_token_id": 262144, "image_token_id": 262145,
+  "boa_token_id": 256000, "eoa_token_id": 262272, "audio_token_id": 262273,
+  "eos_token_id": [1, 106]
+}"#;
+
+/// Whether `path` names a GGUF file (rather than a model folder).
+pub fn is_gguf(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// Map and index a GGUF file; returns the checkpoint and the whole model config as JSON (its
+/// `text_config` from the file's metadata, the rest from `config.json` beside it or the
+/// released models' values).
+pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
+    let bad = |why: String| Error::Checkpoint(format!("{}: {why}", path.display()));
+    let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let content = Content::read(&mut BufReader::new(&file))
+        .map_err(|e| bad(format!("not a GGUF file this loader can read: {e}")))?;
+    let meta = Metadata {
+        content: &content,
+        path,
+    };
+    let arch = meta.string("general.architecture")?;
+    if arch != "gemma3n" {
+        return Err(bad(format!(
+            "a GGUF of architecture {arch:?}; only Gemma 3n (gemma3n) is supported"
+        )));
+    }
+    let (handle, map) = map_file(path)?;
+    let mut index = HashMap::new();
+    for (name, info) in &content.tensor_infos {
+        let shape = info.shape.dims().to_vec();
+        let elements: usize = shape.iter().product();
+        let cols = shape.last().copied().unwrap_or(1);
+        let bytes = ggml_bytes(info.ggml_dtype, cols)
+            .and_then(|_| ggml_bytes(info.ggml_dtype, elements))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor {name} {shape:?} does not fit {:?} blocks",
+                    info.ggml_dtype
+                ))
+            })?;
+        let start = (content.tensor_data_offset + info.offset) as usize;
+        if start + bytes > map.len() {
+            return Err(bad(format!(
+                "tensor {name} ends past the end of the file (truncated download?)"
+            )));
+        }
+        // Block structs are read in place: their fields need (at most) 4-byte alignment.
+        if !start.is_multiple_of(4) {
+            return Err(bad(format!("tensor {name} is not aligned")));
+        }
+        // bf16/f16 count as (one-value) blocks too, so that their matrices stay as stored;
+        // f32 ones take the dense path, like a safetensors checkpoint.
+        let encoding = match info.ggml_dtype {
+            GgmlDType::F32 => Encoding::Float(DType::F32),
+            other => Encoding::Blocks(other),
+        };
+        let entry = |start: usize, shape: Vec<usize>| {
+            let len = shape.iter().product::<usize>();
+            Entry {
+                file: 0,
+                start,
+                end: start + bytes * len / elements,
+                encoding,
+                shape,
+            }
+        };
+        if let Some((_, ours)) = STACKED_TENSORS.iter().find(|(g, _)| g == name) {
+            let [n, rows, cols] = shape[..] else {
+                return Err(bad(format!("{name} is {shape:?}; expected [N-1, D, D]")));
+            };
+            for i in 0..n {
+                let slice = entry(start + i * bytes / n, vec![rows, cols]);
+                index.insert(format!("{PREFIX}.{ours}.{i}.weight"), slice);
+            }
+        } else if let Some(ours) = hf_name(name) {
+            index.insert(ours, entry(start, shape));
+        }
+    }
+    let text = text_config(&meta, &index).map_err(|e| bad(e.to_string()))?;
+    let beside = path.with_file_name("config.json");
+    let mut config: Json = if beside.is_file() {
+        let raw = std::fs::read_to_string(&beside)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", beside.display())))?;
+        serde_json::from_str(&raw)
+            .map_err(|e| Error::Config(format!("{}: {e}", beside.display())))?
+    } else {
+        serde_json::from_str(MULTIMODAL_DEFAULTS).expect("built-in defaults are valid JSON")
+    };
+    config["text_config"] = text;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let checkpoint = Checkpoint::from_parts(
+        dir,
+        vec![path.to_path_buf()],
+        vec![map],
+        vec![handle],
+        index,
+    );
+    Ok((checkpoint, config))
+}
+
+/// Our name for a llama.cpp tensor name; `None` for tensors the text decoder does not use.
+fn hf_name(gguf: &str) -> Option<String> {
+    if let Some(rest) = gguf.strip_prefix("blk.") {
+        let (layer, tensor) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let (_, ours) = LAYER_TENSORS.iter().find(|(g, _)| *g == tensor)?;
+        return Some(format!("{PREFIX}.layers.{layer}.{ours}"));
+    }
+    let (_, ours) = GLOBAL_TENSORS.iter().find(|(g, _)| *g == gguf)?;
+    Some(format!("{PREFIX}.{ours}"))
+}
+
+struct Metadata<'a> {
+    content: &'a Content,
+    path: &'a Path,
+}
+
+impl Metadata<'_> {
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.content.metadata.get(key).ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "{}: metadata key {key} is missing",
+                self.path.display()
+            ))
+        })
+    }
+
+    fn wrong(&self, key: &str, what: &str) -> Error {
+        Error::Checkpoint(format!(
+            "{}: metadata key {key} is not {what}",
+            self.path.display()
+        ))
+    }
+
+    fn string(&self, key: &str) -> Result<&str> {
+        match self.get(key)? {
+            Value::String(s) => Ok(s),
+            _ => Err(self.wrong(key, "a string")),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<f64> {
+        number(self.get(key)?).ok_or_else(|| self.wrong(key, "a number"))
+    }
+
+    fn count(&self, key: &str) -> Result<usize> {
+        let n = self.number(key)?;
+        if n >= 0.0 && n.fract() == 0.0 {
+            Ok(n as usize)
+        } else {
+            Err(self.wrong(key, "a count"))
+        }
+    }
+
+    /// A value stored once or once per layer, as `n` values.
+    fn per_layer(&self, key: &str, n: usize) -> Result<Vec<&Value>> {
+        match self.get(key)? {
+            Value::Array(values) if values.len() == n => Ok(values.iter().collect()),
+            Value::Array(_) => Err(self.wrong(key, &format!("a list of {n} values"))),
+            value => Ok(vec![value; n]),
+        }
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    Some(match v {
+        Value::U8(x) => *x as f64,
+        Value::I8(x) => *x as f64,
+        Value::U16(x) => *x as f64,
+        Value::I16(x) => *x as f64,
+        Value::U32(x) => *x as f64,
+        Value::I32(x) => *x as f64,
+        Value::U64(x) => *x as f64,
+        Value::I64(x) => *x as f64,
+        Value::F32(x) => *x as f64,
+        Value::F64(x) => *x,
+        _ => return None,
+    })
+}
+
+/// `text_config` of the HF layout from llama.cpp's `gemma3n.*` keys and the tensor shapes.
+fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> {
+    let key = |k: &str| format!("gemma3n.{k}");
+    let rows = |ours: &str| -> Result<usize> {
+        let name = format!("{PREFIX}.{ours}");
+        index
+            .get(&name)
+            .map(|e| e.shape[0])
+            .ok_or_else(|| Error::Checkpoint(format!("the GGUF file has no tensor for {name}")))
+    };
+    let layers = meta.count(&key("block_count"))?;
+    let intermediate = meta
+        .per_layer(&key("feed_forward_length"), layers)?
+        .into_iter()
+        .map(|v| number(v).map(|n| n as usize))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| meta.wrong(&key("feed_forward_length"), "a list of counts"))?;
+    let sparsity_key = key("activation_sparsity_scale");
+    // llama.cpp stores the cut-off in standard deviations; the config holds the sparsity.
+    let sparsity = match meta.content.metadata.get(&sparsity_key) {
+        None => vec![0.0; layers],
+        Some(_) => meta
+            .per_layer(&sparsity_key, layers)?
+            .into_iter()
+            .map(|v| number(v).map(standard_normal_cdf))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| meta.wrong(&sparsity_key, "a list of numbers"))?,
+    };
+    let pattern_key = key("attention.sliding_window_pattern");
+    let layer_types = meta
+        .per_layer(&pattern_key, layers)?
+        .into_iter()
+        .map(|v| match v {
+            Value::Bool(true) => Some("sliding_attention"),
+            Value::Bool(false) => Some("full_attention"),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| meta.wrong(&pattern_key, "a list of booleans"))?;
+    let softcap = match meta.content.metadata.get(&key("final_logit_softcapping")) {
+        Some(v) => number(v),
+        None => None,
+    };
+    Ok(json!({
+        "vocab_size": rows("embed_tokens.weight")?,
+        "vocab_size_per_layer_input": rows("embed_tokens_per_layer.weight")?,
+        "hidden_size": meta.count(&key("embedding_length"))?,
+        "hidden_size_per_layer_input": meta.count(&key("embedding_length_per_layer_input"))?,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": meta.count(&key("attention.head_count"))?,
+        "num_key_value_heads": meta.count(&key("attention.head_count_kv"))?,
+        "head_dim": meta.count(&key("attention.key_length"))?,
+        "max_position_embeddings": meta.count(&key("context_length"))?,
+        "rms_norm_eps": meta.number(&key("attention.layer_norm_rms_epsilon"))?,
+        "rope_theta": meta.number(&key("rope.freq_base"))?,
+        "rope_local_base_freq": meta.number(&key("rope.freq_base_swa"))?,
+        "sliding_window": meta.count(&key("attention.sliding_window"))?,
+        "layer_types": layer_types,
+        "final_logit_softcapping": softcap,
+        "altup_active_idx": meta.count(&key("altup.active_idx"))?,
+        "altup_num_inputs": meta.count(&key("altup.num_inputs"))?,
+        "num_kv_shared_layers": meta.count(&key("attention.shared_kv_layers"))?,
+        "laurel_rank": rows("layers.0.laurel.linear_left.weight")?,
+        "activation_sparsity_pattern": sparsity,
+    }))
+}
+
+/// `Φ(x)`; `Φ(-∞) = 0` marks a dense layer.
+fn standard_normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_cpp_names_map_to_ours() {
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").as_deref(),
+            Some("model.language_model.layers.12.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.altup_correct_scale.weight").as_deref(),
+            Some("model.language_model.layers.0.altup.correct_output_scale")
+        );
+        assert_eq!(
+            hf_name("per_layer_token_embd.weight").as_deref(),
+            Some("model.language_model.embed_tokens_per_layer.weight")
+        );
+        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
+        assert_eq!(hf_name("mm.input_projection.weight"), None);
+    }
+
+    #[test]
+    fn sparsity_survives_the_round_trip_through_standard_deviations() {
+        let scale = 1.644_853_6_f32 as f64; // what the converter stores for 0.95
+        assert!((standard_normal_cdf(scale) - 0.95).abs() < 1e-7);
+        assert_eq!(standard_normal_cdf(f64::NEG_INFINITY), 0.0);
+    }
+}

@@ -1,0 +1,134 @@
+//! llama.cpp-format GGUF files (`tests/reference/make_gguf.py`) give the safetensors model's logits.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close, fixture_dir, ids_tensor, model_dir, Golden, LOGITS_TOL};
+use gemma3n::{Gemma3nModel, LoadOptions, MediaEmbeddings, WeightFormat};
+
+fn gguf(name: &str) -> std::path::PathBuf {
+    fixture_dir("gguf").join(name)
+}
+
+fn load(path: &std::path::Path, weights: WeightFormat) -> Gemma3nModel {
+    let opts = LoadOptions {
+        weights,
+        ..LoadOptions::default()
+    };
+    Gemma3nModel::load_with(path, &opts).expect("load model")
+}
+
+fn logits(model: &Gemma3nModel, ids: &[u32]) -> Tensor {
+    model
+        .forward(
+            &ids_tensor(ids),
+            &MediaEmbeddings::default(),
+            &mut model.new_cache(),
+        )
+        .unwrap()
+}
+
+/// Greedy continuation of `ids` through the cache.
+fn greedy(model: &Gemma3nModel, ids: &[u32], steps: usize) -> Vec<u32> {
+    let mut cache = model.new_cache();
+    let mut input = ids_tensor(ids);
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let logits = model
+            .forward_last(&input, &MediaEmbeddings::default(), &mut cache)
+            .unwrap();
+        let next = logits.squeeze(0).unwrap().argmax(0).unwrap();
+        let next = next.to_scalar::<u32>().unwrap();
+        out.push(next);
+        input = ids_tensor(&[next]);
+    }
+    out
+}
+
+#[test]
+fn f32_gguf_matches_the_safetensors_checkpoint() {
+    let golden = Golden::open("E");
+    let ids = golden.ids("text.input_ids");
+    let reference = Gemma3nModel::load(&model_dir("E"), DType::F32, &Device::Cpu).unwrap();
+    let model = load(&gguf("E-f32.gguf"), WeightFormat::Dense);
+    assert_eq!(
+        model.config().text_config.layer_types(),
+        reference.config().text_config.layer_types()
+    );
+    assert_close(
+        "GGUF f32 vs safetensors",
+        &logits(&model, &ids),
+        &logits(&reference, &ids),
+        1e-4,
+    );
+    assert_close(
+        "GGUF f32 vs transformers",
+        &logits(&model, &ids),
+        &golden.f32("text.logits"),
+        LOGITS_TOL,
+    );
+    let expected = golden.ids("text.generated_ids");
+    assert_eq!(greedy(&model, &ids, expected.len()), expected);
+}
+
+/// Q8_0 blocks are used as they are (packed, with q8 activations): teacher-forced on the f32
+/// model's greedy continuation, the top-1 tokens agree.
+#[test]
+fn q8_0_gguf_agrees_with_f32_on_the_next_token() {
+    let prompt = Golden::open("E").ids("text.input_ids");
+    let f32_model = load(&gguf("E-f32.gguf"), WeightFormat::Dense);
+    let reference = greedy(&f32_model, &prompt, 100);
+    let model = load(&gguf("E-q8_0.gguf"), WeightFormat::Dense);
+    let mut ids = prompt.clone();
+    ids.extend(&reference[..reference.len() - 1]);
+    let logits = logits(&model, &ids).squeeze(0).unwrap();
+    let picked: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
+    let agree = picked[prompt.len() - 1..]
+        .iter()
+        .zip(&reference)
+        .filter(|(a, b)| a == b)
+        .count();
+    eprintln!("q8_0 GGUF: {agree}/100 top-1 tokens agree with f32");
+    assert!(agree >= 90, "only {agree}/100 top-1 tokens agree");
+}
+
+/// A packed format asked for at load applies to the GGUF's float matrices.
+#[test]
+fn f32_gguf_loads_packed() {
+    let golden = Golden::open("E");
+    let ids = golden.ids("text.input_ids");
+    let model = load(&gguf("E-f32.gguf"), WeightFormat::Bf16);
+    let want = golden.f32("text.logits");
+    assert_close(
+        "GGUF f32 packed as bf16",
+        &logits(&model, &ids),
+        &want,
+        0.05 * common::max_abs(&want),
+    );
+}
+
+#[test]
+fn a_gguf_model_refuses_media_and_bad_files_clearly() {
+    let model = load(&gguf("E-q8_0.gguf"), WeightFormat::Dense);
+    let err = model
+        .encode_images(&Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("text decoder"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("gemma3n-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(gguf("E-f32.gguf")).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"not a gguf file at all").unwrap();
+    for (path, expected) in [(&truncated, "truncated"), (&garbage, "not a GGUF")] {
+        let err = Gemma3nModel::load_with(path, &LoadOptions::default())
+            .err()
+            .expect("bad file loaded")
+            .to_string();
+        assert!(err.contains(expected), "{}: {err}", path.display());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
