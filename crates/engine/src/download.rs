@@ -70,9 +70,12 @@ impl HubSource {
         let api = builder
             .build()
             .map_err(|e| Error::Download(e.to_string()))?;
-        // A stalled connection must end in an error the user can retry, never a hang.
+        // A stalled connection must end in an error the user can retry, never a hang.  Each
+        // file gets a fresh connection: a kept-alive one reused for the next file was seen to
+        // stall (and the Hub redirects large files to other hosts anyway).
         let agent = ureq::AgentBuilder::new()
             .try_proxy_from_env(true)
+            .max_idle_connections(0)
             .timeout_connect(Duration::from_secs(20))
             .timeout_read(Duration::from_secs(60))
             .build();
