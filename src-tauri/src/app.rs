@@ -266,10 +266,12 @@ impl AppState {
             if let Err(e) = saved {
                 tracing::warn!("saving reply {reply_id}: {e}");
             }
-            on_event(match result {
-                Ok(stats) => StreamEvent::Done { stats },
-                Err(error) => StreamEvent::Error { error },
-            });
+            move || {
+                on_event(match result {
+                    Ok(stats) => StreamEvent::Done { stats },
+                    Err(error) => StreamEvent::Error { error },
+                })
+            }
         })?;
         Ok(reply_id)
     }

@@ -210,15 +210,18 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    pub fn run(
+    /// Run `job` on the model thread; what it returns runs once the slot is free again, so that
+    /// the UI, told there that the reply ended, can send the next message at once.
+    pub fn run<Finish: FnOnce() + 'static>(
         mut self,
-        job: impl FnOnce(&mut dyn ChatBackend, &AtomicBool) + Send + 'static,
+        job: impl FnOnce(&mut dyn ChatBackend, &AtomicBool) -> Finish + Send + 'static,
     ) -> AppResult<()> {
         let guard = self.guard.take().expect("a reservation runs once");
         self.worker.send(Command::Run(Box::new(
             move |b: &mut dyn ChatBackend, cancel: &AtomicBool| {
-                let _guard = guard;
-                job(b, cancel)
+                let finish = job(b, cancel);
+                drop(guard);
+                finish()
             },
         )))
     }
