@@ -563,19 +563,7 @@ mod tests {
 
     /// A deterministic, roughly normal matrix.
     fn matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..rows * cols)
-            .map(|_| {
-                let mut acc = 0.0;
-                for _ in 0..4 {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                }
-                acc
-            })
-            .collect()
+        crate::quantise::normal(rows * cols, seed)
     }
 
     fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, m: usize) -> Vec<f32> {

@@ -190,29 +190,35 @@ impl Quantise for BlockQ6K {
     }
 }
 
+/// Deterministic, roughly normal test values (a sum of four uniform draws, xorshift).
+#[cfg(test)]
+pub(crate) fn normal(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            let mut acc = 0.0;
+            for _ in 0..4 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            }
+            acc
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Deterministic, roughly normal values with a few outliers, like trained weights.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|i| {
-                let mut acc = 0.0;
-                for _ in 0..4 {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                }
-                if i % 97 == 0 {
-                    acc * 6.0
-                } else {
-                    acc
-                }
-            })
-            .collect()
+        let mut v = normal(n, seed);
+        for x in v.iter_mut().step_by(97) {
+            *x *= 6.0;
+        }
+        v
     }
 
     /// Root-mean-square error of `quantise` then candle's `to_float`.
