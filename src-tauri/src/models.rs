@@ -28,7 +28,7 @@ pub struct Known {
 pub struct RamNeed {
     pub weights: &'static str,
     pub bytes: u64,
-    /// Measured (docs/benchmarks.md, E2B) or estimated (E2B f32; E4B scaled from E2B).
+    /// Peak RSS measured in docs/benchmarks.md (E2B sitting C; E4B at q4k), or estimated.
     pub measured: bool,
 }
 
@@ -46,9 +46,9 @@ pub const KNOWN: [Known; 2] = [
         label: "Gemma 3n E2B (instruction-tuned)",
         download_bytes: 10_900_000_000,
         ram: [
-            ram("q4k", 1_601, true),
-            ram("q8_0", 2_624, true),
-            ram("bf16", 4_777, true),
+            ram("q4k", 1_582, true),
+            ram("q8_0", 2_605, true),
+            ram("bf16", 4_770, true),
             ram("f32", 9_000, false),
         ],
     },
@@ -57,7 +57,7 @@ pub const KNOWN: [Known; 2] = [
         label: "Gemma 3n E4B (instruction-tuned)",
         download_bytes: 15_700_000_000,
         ram: [
-            ram("q4k", 2_600, false),
+            ram("q4k", 2_805, true),
             ram("q8_0", 4_200, false),
             ram("bf16", 7_700, false),
             ram("f32", 15_000, false),
