@@ -8,6 +8,9 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use std::sync::Arc;
+
+use crate::amx;
 
 /// Frames per rayon task: enough work per task to amortise the scheduling.
 const ROWS_PER_TASK: usize = 4;
@@ -284,12 +287,19 @@ impl CustomOp1 for CausalConvNormSilu<'_> {
     }
 }
 
-/// Bias-free linear layer holding its weight transposed (`[in, out]`, contiguous): the matrix
-/// multiply then reads it in place instead of repacking the `[out, in]` checkpoint layout on every
-/// call, which took a fifth of the tower's matmul time.
+/// Bias-free linear layer.  On CPUs with AMX its f32 weight is packed once into AMX tiles
+/// ([`crate::amx`]); elsewhere it is held transposed (`[in, out]`, contiguous), so that the
+/// matrix multiply reads it in place instead of repacking the `[out, in]` checkpoint layout on
+/// every call, which took a fifth of the tower's matmul time.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight_t: Tensor,
+    weight: LinearWeight,
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Transposed(Tensor),
+    Amx(Arc<amx::PackedWeights>),
 }
 
 impl Linear {
@@ -299,9 +309,14 @@ impl Linear {
 
     /// From a checkpoint-layout `[out, in]` weight.
     pub fn from_weight(weight: &Tensor) -> Result<Self> {
-        Ok(Self {
-            weight_t: transpose(weight)?,
-        })
+        let (n, k) = weight.dims2()?;
+        let weight = if fusable(weight) && n.min(k) >= amx::MIN_DIM && amx::available() {
+            let values: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+            LinearWeight::Amx(Arc::new(amx::PackedWeights::pack(&values, n, k)))
+        } else {
+            LinearWeight::Transposed(transpose(weight)?)
+        };
+        Ok(Self { weight })
     }
 }
 
@@ -334,6 +349,30 @@ fn transpose(w: &Tensor) -> Result<Tensor> {
 
 impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_matmul(&self.weight_t)
+        match &self.weight {
+            LinearWeight::Transposed(w) => x.broadcast_matmul(w),
+            LinearWeight::Amx(w) => x.contiguous()?.apply_op1_no_bwd(&AmxMatmul(w)),
+        }
+    }
+}
+
+/// `x · Wᵀ` over the last dimension of a CPU f32 `x`, on AMX tiles.
+struct AmxMatmul<'a>(&'a amx::PackedWeights);
+
+impl CustomOp1 for AmxMatmul<'_> {
+    fn name(&self) -> &'static str {
+        "audio-amx-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout)?;
+        let mut dims = layout.dims().to_vec();
+        let k = dims.pop().unwrap_or(1);
+        if k != self.0.in_dim() {
+            bail!("linear layer takes {} inputs, got {k}", self.0.in_dim());
+        }
+        let out = self.0.matmul(x, x.len() / k.max(1));
+        dims.push(self.0.out_dim());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
