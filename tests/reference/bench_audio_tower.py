@@ -1,10 +1,12 @@
 """Time transformers' Gemma3nAudioEncoder on one 30-second clip at the released audio-config shape
 (default Gemma3nAudioConfig: width 1536, 12 conformer blocks, 128 mel bins), random init, fp32, CPU.
 
-    python bench_audio_tower.py [--threads 2] [--runs 3]
+    python bench_audio_tower.py [--threads 2] [--runs 3] [--bf16-weights]
 
 Compare with `cargo run --release -p gemma3n --example audio_tower_bench` (RAYON_NUM_THREADS=2).
 Besides wall time it reports the process CPU time per run, which other jobs disturb far less.
+--bf16-weights rounds the weights to bf16 values, as in the released checkpoints (computation
+stays fp32; the option exists so both programs run on the same kind of weights).
 """
 
 import argparse
@@ -22,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--bf16-weights", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -30,6 +33,8 @@ def main() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.05)
+            if args.bf16_weights:
+                p.copy_(p.bfloat16().float())
     mel = torch.randn(1, FRAMES, cfg.input_feat_size)
     padding = torch.zeros(1, FRAMES, dtype=torch.bool)  # the encoder's mask is True = padding
     with torch.inference_mode():
