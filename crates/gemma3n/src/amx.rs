@@ -10,6 +10,8 @@
 //! Only on Linux x86-64, where the process must ask the kernel for the tile state; everything
 //! else (and CPUs without AMX) keeps the caller's own path.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 /// Smallest weight side worth packing.  Below it the f32 path is as quick, and more exact: the
@@ -39,7 +41,7 @@ pub fn available() -> bool {
 /// `[out, in]` f32 weights laid out as AMX B tiles (bf16 pairs of the inner dimension side by
 /// side, as the tile multiply reads them), `hi` and `lo` parts interleaved per step so that a
 /// kernel streams through one contiguous strip.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PackedWeights {
     k: usize,
     n: usize,
@@ -49,57 +51,112 @@ pub struct PackedWeights {
     has_lo: bool,
 }
 
+/// `v` rounded to the nearest bf16 (ties to even), NaN kept NaN; branch-free so that loops
+/// over it vectorise.
 fn bf16_bits(v: f32) -> u16 {
-    half::bf16::from_f32(v).to_bits()
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let nan = (bits >> 16) | 0x40;
+    (if v.is_nan() { nan } else { rounded }) as u16
+}
+
+/// Up to 16 weight rows of up to 32 inputs each, rounded to bf16, as one B tile: tile row r
+/// holds the pairs of inputs (2r, 2r + 1) of the 16 columns side by side.
+fn pack_rounded_tile<'a>(rows: impl Iterator<Item = &'a [f32]>, tile: &mut [u16]) {
+    // Pairs per column first (contiguous reads, vectorised rounding), then transposed.
+    let mut pairs = [[0u32; 16]; 16];
+    for (col, row) in pairs.iter_mut().zip(rows) {
+        let mut padded = [0f32; K_STEP];
+        padded[..row.len()].copy_from_slice(row);
+        for (pair, v) in col.iter_mut().zip(padded.chunks_exact(2)) {
+            *pair = bf16_bits(v[0]) as u32 | (bf16_bits(v[1]) as u32) << 16;
+        }
+    }
+    for (r, out) in tile.chunks_exact_mut(32).enumerate() {
+        for (c, out) in out.chunks_exact_mut(2).enumerate() {
+            let pair = pairs[c][r];
+            (out[0], out[1]) = (pair as u16, (pair >> 16) as u16);
+        }
+    }
 }
 
 /// `v` as bf16 `hi` and `lo` with `hi + lo ≈ v` to about 2⁻¹⁷ relative.
 fn split(v: f32) -> (u16, u16) {
-    let hi = half::bf16::from_f32(v);
-    (hi.to_bits(), bf16_bits(v - hi.to_f32()))
+    let hi = bf16_bits(v);
+    (hi, bf16_bits(v - f32::from_bits((hi as u32) << 16)))
 }
 
 impl PackedWeights {
     /// From a row-major `[n, k]` weight (`n` outputs of `k` inputs, the checkpoint layout).
     pub fn pack(weight: &[f32], n: usize, k: usize) -> Self {
-        assert_eq!(weight.len(), n * k, "weight is not [n, k]");
         let has_lo = weight.iter().any(|&v| split(v).1 != 0);
-        let parts = if has_lo { 4 } else { 2 };
-        let (n_blocks, k_steps) = (n.div_ceil(BLOCK), k.div_ceil(K_STEP));
-        let strip = k_steps * parts * TILE;
-        let mut tiles = vec![0u16; n_blocks * strip];
-        tiles
-            .par_chunks_mut(strip)
-            .enumerate()
-            .for_each(|(nb, strip)| {
-                for (step, tiles) in strip.chunks_mut(parts * TILE).enumerate() {
-                    for col in 0..BLOCK {
-                        let out = nb * BLOCK + col;
-                        if out >= n {
-                            break;
-                        }
-                        let (half, c) = (col / 16, col % 16);
-                        for i in 0..K_STEP {
-                            let inner = step * K_STEP + i;
-                            if inner >= k {
-                                break;
-                            }
-                            let (hi, lo) = split(weight[out * k + inner]);
-                            // Row i/2 of the tile holds the pair (i even, i odd) of column c.
-                            let at = (i / 2) * 32 + c * 2 + i % 2;
-                            tiles[half * TILE + at] = hi;
-                            if has_lo {
-                                tiles[(2 + half) * TILE + at] = lo;
-                            }
-                        }
-                    }
-                }
-            });
-        Self {
+        let mut packed = Self {
             k,
             n,
-            tiles,
+            tiles: Vec::new(),
             has_lo,
+        };
+        packed.fill(weight, n, k, true);
+        packed
+    }
+
+    /// Like [`Self::pack`], in this thread, reusing this buffer.  Without `keep_low` the
+    /// weights are rounded to bf16: for weights that are approximations already (dequantised
+    /// blocks), where the low part is far below the quantisation error.
+    pub fn repack(&mut self, weight: &[f32], n: usize, k: usize, keep_low: bool) {
+        let has_lo = keep_low && weight.iter().any(|&v| split(v).1 != 0);
+        (self.k, self.n, self.has_lo) = (k, n, has_lo);
+        self.fill(weight, n, k, false);
+    }
+
+    fn parts(&self) -> usize {
+        if self.has_lo {
+            4
+        } else {
+            2
+        }
+    }
+
+    fn fill(&mut self, weight: &[f32], n: usize, k: usize, parallel: bool) {
+        assert_eq!(weight.len(), n * k, "weight is not [n, k]");
+        let (parts, has_lo) = (self.parts(), self.has_lo);
+        let strip = k.div_ceil(K_STEP) * parts * TILE;
+        self.tiles.clear();
+        self.tiles.resize(n.div_ceil(BLOCK) * strip, 0);
+        let pack_strip = |(nb, strip): (usize, &mut [u16])| {
+            for (step, tiles) in strip.chunks_mut(parts * TILE).enumerate() {
+                let (k0, width) = (step * K_STEP, (k - step * K_STEP).min(K_STEP));
+                if has_lo {
+                    for col in 0..BLOCK.min(n - nb * BLOCK) {
+                        let row = &weight[(nb * BLOCK + col) * k + k0..][..width];
+                        // Row i/2 of a tile holds the pair (i even, i odd) of column `col`.
+                        let at = (col / 16) * TILE + (col % 16) * 2;
+                        for (i, &v) in row.iter().enumerate() {
+                            let (hi, lo) = split(v);
+                            tiles[at + (i / 2) * 32 + i % 2] = hi;
+                            tiles[2 * TILE + at + (i / 2) * 32 + i % 2] = lo;
+                        }
+                    }
+                } else {
+                    for half in 0..2 {
+                        let col0 = nb * BLOCK + half * 16;
+                        let cols = 16.min(n.saturating_sub(col0));
+                        let rows = (0..cols).map(|c| &weight[(col0 + c) * k + k0..][..width]);
+                        pack_rounded_tile(rows, &mut tiles[half * TILE..][..TILE]);
+                    }
+                }
+            }
+        };
+        if parallel {
+            self.tiles
+                .par_chunks_mut(strip)
+                .enumerate()
+                .for_each(pack_strip);
+        } else {
+            self.tiles
+                .chunks_mut(strip)
+                .enumerate()
+                .for_each(pack_strip);
         }
     }
 
@@ -111,59 +168,152 @@ impl PackedWeights {
         self.n
     }
 
-    /// `x · Wᵀ` for a row-major `[m, k]` input: a row-major `[m, n]` output.  Call only when
-    /// [`available`] said yes.
+    /// `x · Wᵀ` for a row-major `[m, k]` input: a row-major `[m, n]` output, on all threads.
+    /// Call only when [`available`] said yes.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (k, n) = (self.k, self.n);
-        assert_eq!(x.len(), m * k, "input is not [m, k]");
-        let (m_pad, n_pad, k_pad) = (
-            m.div_ceil(BLOCK) * BLOCK,
-            n.div_ceil(BLOCK) * BLOCK,
-            k.div_ceil(K_STEP) * K_STEP,
-        );
-        let a_tiles = pack_rows(x, m, k, k_pad);
-        let a_block = (k_pad / K_STEP) * 4 * TILE;
+        let a = PackedRows::pack(x, m, self.k);
+        let (m_pad, n_pad) = (a.m_pad(), self.n.div_ceil(BLOCK) * BLOCK);
         let mut out = vec![0f32; m_pad * n_pad];
-        let parts = if self.has_lo { 4 } else { 2 };
-        let strip = (k_pad / K_STEP) * parts * TILE;
         let out_ptr = SendPtr(out.as_mut_ptr());
         let (tasks_m, tasks_n) = (m_pad.div_ceil(TASK_ROWS), n_pad.div_ceil(TASK_COLS));
-        for k0 in (0..k_pad).step_by(K_CHUNK) {
-            let steps = (k_pad - k0).min(K_CHUNK) / K_STEP;
+        let steps = a.k_pad / K_STEP;
+        for step0 in (0..steps).step_by(K_CHUNK / K_STEP) {
+            let steps = step0..steps.min(step0 + K_CHUNK / K_STEP);
             (0..tasks_m * tasks_n).into_par_iter().for_each(|task| {
                 let (rows, cols) = (task / tasks_n * TASK_ROWS, task % tasks_n * TASK_COLS);
-                platform::with_tiles(|| {
-                    for col0 in (cols..(cols + TASK_COLS).min(n_pad)).step_by(BLOCK) {
-                        let b = &self.tiles[col0 / BLOCK * strip + k0 / K_STEP * parts * TILE..];
-                        for row0 in (rows..(rows + TASK_ROWS).min(m_pad)).step_by(BLOCK) {
-                            let a = &a_tiles[row0 / BLOCK * a_block + k0 / K_STEP * 4 * TILE..];
-                            // SAFETY: tasks own disjoint row × column ranges of `out`; A and B
-                            // hold `steps` tile steps from `a` and `b`.
-                            unsafe {
-                                platform::block(platform::Block {
-                                    a: a.as_ptr(),
-                                    b: b.as_ptr(),
-                                    has_b_lo: self.has_lo,
-                                    c: out_ptr.at(row0 * n_pad + col0),
-                                    c_stride: n_pad * 4,
-                                    steps,
-                                });
-                            }
-                        }
-                    }
-                })
+                // SAFETY: tasks own disjoint row × column ranges of `out`, which is
+                // `m_pad × n_pad`.
+                unsafe {
+                    self.accumulate(
+                        &a,
+                        rows..(rows + TASK_ROWS).min(m_pad),
+                        cols..(cols + TASK_COLS).min(n_pad),
+                        steps.clone(),
+                        out_ptr,
+                        n_pad,
+                    )
+                }
             });
         }
-        if n_pad == n {
-            out.truncate(m * n);
-            out
-        } else {
-            out.chunks(n_pad)
-                .take(m)
-                .flat_map(|r| &r[..n])
-                .copied()
-                .collect()
-        }
+        trim(out, m, n_pad, self.n)
+    }
+
+    /// `a · Wᵀ` in this thread: a row-major `[a.m, n]` output.  Call only when [`available`]
+    /// said yes.
+    pub fn matmul_packed(&self, a: &PackedRows) -> Vec<f32> {
+        assert_eq!(a.k, self.k, "inputs and weights differ in width");
+        let (m_pad, n_pad) = (a.m_pad(), self.n.div_ceil(BLOCK) * BLOCK);
+        let mut out = vec![0f32; m_pad * n_pad];
+        // SAFETY: one task over the whole `m_pad × n_pad` buffer.
+        unsafe {
+            self.accumulate(
+                a,
+                0..m_pad,
+                0..n_pad,
+                0..a.k_pad / K_STEP,
+                SendPtr(out.as_mut_ptr()),
+                n_pad,
+            )
+        };
+        trim(out, a.m, n_pad, self.n)
+    }
+
+    /// `out[rows, cols] += a[rows, steps] · W[cols, steps]ᵀ`, block by block.
+    ///
+    /// # Safety
+    /// `out` is a row-major buffer of `stride` columns holding every row and column asked for,
+    /// which no other thread touches meanwhile; ranges are whole blocks and tile steps.
+    unsafe fn accumulate(
+        &self,
+        a: &PackedRows,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        steps: Range<usize>,
+        out: SendPtr,
+        stride: usize,
+    ) {
+        assert!(steps.end * K_STEP <= a.k_pad && rows.end <= a.m_pad());
+        let parts = self.parts();
+        let strip = (a.k_pad / K_STEP) * parts * TILE;
+        platform::with_tiles(|| {
+            for col0 in cols.step_by(BLOCK) {
+                let b = &self.tiles[col0 / BLOCK * strip + steps.start * parts * TILE..];
+                for row0 in rows.clone().step_by(BLOCK) {
+                    let a = &a.tiles[row0 / BLOCK * a.block_len() + steps.start * 4 * TILE..];
+                    platform::block(platform::Block {
+                        a: a.as_ptr(),
+                        b: b.as_ptr(),
+                        has_b_lo: self.has_lo,
+                        c: out.at(row0 * stride + col0),
+                        c_stride: stride * 4,
+                        steps: steps.len(),
+                    });
+                }
+            }
+        })
+    }
+}
+
+/// The first `m` rows and `n` columns of a row-major buffer of `stride` columns.
+fn trim(mut out: Vec<f32>, m: usize, stride: usize, n: usize) -> Vec<f32> {
+    if stride == n {
+        out.truncate(m * n);
+        out
+    } else {
+        out.chunks(stride)
+            .take(m)
+            .flat_map(|r| &r[..n])
+            .copied()
+            .collect()
+    }
+}
+
+/// `[m, k]` f32 activations as A tiles, zero-padded: `[m_pad / 32][k_pad / 32][part][tile]`,
+/// part = hi of rows 0–15, hi of rows 16–31, lo of rows 0–15, lo of rows 16–31.  Contiguous per
+/// step, so the kernel reads one sequential stream instead of 64 strided rows.
+pub struct PackedRows {
+    tiles: Vec<u16>,
+    m: usize,
+    k: usize,
+    k_pad: usize,
+}
+
+impl PackedRows {
+    pub fn pack(x: &[f32], m: usize, k: usize) -> Self {
+        assert_eq!(x.len(), m * k, "input is not [m, k]");
+        let k_pad = k.div_ceil(K_STEP) * K_STEP;
+        let block = (k_pad / K_STEP) * 4 * TILE;
+        let mut tiles = vec![0u16; m.div_ceil(BLOCK) * block];
+        tiles
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(rb, tiles)| {
+                for (step, tiles) in tiles.chunks_mut(4 * TILE).enumerate() {
+                    let k0 = step * K_STEP;
+                    let width = (k - k0).min(K_STEP);
+                    for r in 0..BLOCK.min(m - rb * BLOCK) {
+                        let row = &x[(rb * BLOCK + r) * k + k0..][..width];
+                        let at = (r / 16) * TILE + (r % 16) * K_STEP;
+                        let (hi, lo) = tiles.split_at_mut(2 * TILE);
+                        for ((h, l), &v) in hi[at..at + width]
+                            .iter_mut()
+                            .zip(&mut lo[at..at + width])
+                            .zip(row)
+                        {
+                            (*h, *l) = split(v);
+                        }
+                    }
+                }
+            });
+        Self { tiles, m, k, k_pad }
+    }
+
+    fn m_pad(&self) -> usize {
+        self.m.div_ceil(BLOCK) * BLOCK
+    }
+
+    fn block_len(&self) -> usize {
+        (self.k_pad / K_STEP) * 4 * TILE
     }
 }
 
@@ -337,36 +487,6 @@ mod platform {
     pub unsafe fn block(_: Block) {
         unreachable!("AMX is only used on Linux x86-64")
     }
-}
-
-/// `[m, k]` f32 rows as A tiles, zero-padded: `[m_pad / 32][k_pad / 32][part][tile]`, part =
-/// hi of rows 0–15, hi of rows 16–31, lo of rows 0–15, lo of rows 16–31.  Contiguous per step,
-/// so the kernel reads one sequential stream instead of 64 strided rows.
-fn pack_rows(x: &[f32], m: usize, k: usize, k_pad: usize) -> Vec<u16> {
-    let block = (k_pad / K_STEP) * 4 * TILE;
-    let mut tiles = vec![0u16; m.div_ceil(BLOCK) * block];
-    tiles
-        .par_chunks_mut(block)
-        .enumerate()
-        .for_each(|(rb, tiles)| {
-            for (step, tiles) in tiles.chunks_mut(4 * TILE).enumerate() {
-                let k0 = step * K_STEP;
-                let width = (k - k0).min(K_STEP);
-                for r in 0..BLOCK.min(m - rb * BLOCK) {
-                    let row = &x[(rb * BLOCK + r) * k + k0..][..width];
-                    let at = (r / 16) * TILE + (r % 16) * K_STEP;
-                    let (hi, lo) = tiles.split_at_mut(2 * TILE);
-                    for ((h, l), &v) in hi[at..at + width]
-                        .iter_mut()
-                        .zip(&mut lo[at..at + width])
-                        .zip(row)
-                    {
-                        (*h, *l) = split(v);
-                    }
-                }
-            }
-        });
-    tiles
 }
 
 #[cfg(test)]

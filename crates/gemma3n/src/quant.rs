@@ -21,6 +21,7 @@ use half::bf16;
 use half::f16;
 use rayon::prelude::*;
 
+use crate::amx;
 use crate::quantise::Quantise;
 
 /// How the decoder's large matrices are stored after loading.
@@ -151,6 +152,9 @@ impl<T: GgmlType + 'static> Packed<T> {
     /// Tiles of weight rows widened to f32 and multiplied with all `m` rows by `gemm`: the
     /// prefill path.
     fn matmul_gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
+        if self.cols >= amx::MIN_DIM && amx::available() {
+            return self.matmul_amx(x, m);
+        }
         let k = self.cols;
         let per_row = k / T::BLCK_SIZE;
         // A tile of widened rows fits in L2 beside the kernel's packed panels.
@@ -195,6 +199,44 @@ impl<T: GgmlType + 'static> Packed<T> {
             },
         );
         transpose(&out_t, self.rows, m)
+    }
+}
+
+impl<T: GgmlType + 'static> Packed<T> {
+    /// The prefill path on AMX tiles ([`amx`]): each task widens a tile of weight rows, packs
+    /// it as bf16 tiles and multiplies every activation row with it.  Quantised and bf16
+    /// weights are exact or nearly so in bf16 (the rounding is far below the quantisation
+    /// error); f32 and f16 weights keep a low part.
+    fn matmul_amx(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (k, n) = (self.cols, self.rows);
+        let per_row = k / T::BLCK_SIZE;
+        // Whole AMX blocks of rows, as many as fit the widening budget.
+        let tile = (TILE_FLOATS / k).clamp(32, 256) / 32 * 32;
+        let keep_low = matches!(T::DTYPE, GgmlDType::F32 | GgmlDType::F16);
+        let a = amx::PackedRows::pack(x, m, k);
+        let blocks = self.blocks.as_slice();
+        let parts: Vec<Vec<f32>> = (0..n.div_ceil(tile))
+            .into_par_iter()
+            .map_init(
+                || (Vec::new(), amx::PackedWeights::default()),
+                |(w, packed), t| {
+                    let rows = tile.min(n - t * tile);
+                    w.resize(rows * k, 0.0);
+                    let first = t * tile * per_row;
+                    T::to_float(&blocks[first..first + rows * per_row], w);
+                    packed.repack(w, rows, k, keep_low);
+                    packed.matmul_packed(&a)
+                },
+            )
+            .collect();
+        let mut out = vec![0f32; m * n];
+        out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            for (t, part) in parts.iter().enumerate() {
+                let width = part.len() / m;
+                row[t * tile..][..width].copy_from_slice(&part[i * width..][..width]);
+            }
+        });
+        out
     }
 }
 
