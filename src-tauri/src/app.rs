@@ -95,6 +95,7 @@ impl AppState {
                 "{path} is not a model folder: it has no config.json"
             )));
         }
+        tracing::info!("open_model {path}");
         self.load_model(dir, false)?;
         self.store.set_setting("model_dir", path)
     }
@@ -235,6 +236,10 @@ impl AppState {
             self.store
                 .add_message(conversation_id, Role::Assistant, "", &[], Status::Streaming)?;
         let store = self.store.clone();
+        tracing::info!(
+            "reply {reply_id} in conversation {conversation_id}: {} messages in",
+            history.len()
+        );
         reservation.run(move |backend, cancel| {
             let mut text = String::new();
             let result = catch_unwind(AssertUnwindSafe(|| {
@@ -251,6 +256,16 @@ impl AppState {
                 })
             }))
             .unwrap_or_else(|p| Err(AppError::Internal(panic_message(p))));
+            match &result {
+                Ok(s) => tracing::info!(
+                    "reply {reply_id} ended ({:?}): {} tokens, TTFT {:.0} ms, {:.1} tokens/s",
+                    s.stop_reason,
+                    s.generated_tokens,
+                    s.ttft_ms,
+                    s.tokens_per_second
+                ),
+                Err(e) => tracing::warn!("reply {reply_id} failed: {e}"),
+            }
             let saved = match &result {
                 Ok(stats) => {
                     let status = match stats.stop_reason {
