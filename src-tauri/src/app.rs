@@ -381,6 +381,10 @@ fn file_stem(title: &str) -> String {
 }
 
 /// The conversation as the engine sees it: media first, then the text of each message.
+///
+/// A turn whose reply failed is left out with that reply: the model never answered it, and
+/// what made it fail (say, a corrupt attachment) would fail every later reply too. Regenerate
+/// or edit-and-resend retries it, since the failed reply is deleted first.
 pub fn to_engine_messages(conversation: &Conversation, attachments_dir: &Path) -> Vec<Message> {
     let mut messages = Vec::new();
     if !conversation.system_prompt.trim().is_empty() {
@@ -389,8 +393,10 @@ pub fn to_engine_messages(conversation: &Conversation, attachments_dir: &Path) -
             conversation.system_prompt.clone(),
         ));
     }
-    for m in &conversation.messages {
-        if m.status == Status::Streaming {
+    let all = &conversation.messages;
+    let failed = |i: usize| all.get(i).is_some_and(|m| m.status == Status::Error);
+    for (i, m) in all.iter().enumerate() {
+        if m.status == Status::Streaming || failed(i) || (m.role == Role::User && failed(i + 1)) {
             continue;
         }
         let mut content: Vec<Part> = m
