@@ -43,6 +43,9 @@ fi
 step "end-to-end in the real window (Xvfb + tauri-driver + WebKitWebDriver)"
 DISPLAY_NUM=${DISPLAY_NUM:-99}
 PORT=${WEBDRIVER_PORT:-4444}
+# WebKitWebDriver, behind tauri-driver (its default, 4445, would be shared by concurrent runs).
+NATIVE_PORT=$((PORT + 1))
+export HUB_PORT=${HUB_PORT:-4480}
 E2E_HOME=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -52,9 +55,15 @@ cleanup() {
   rm -rf "$E2E_HOME"
 }
 trap cleanup EXIT
-# Another run's display or driver would mix its app into this one: refuse instead.
-if [ -e "/tmp/.X$DISPLAY_NUM-lock" ] || (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-  echo "display :$DISPLAY_NUM or port $PORT is taken (another E2E run?): set DISPLAY_NUM and WEBDRIVER_PORT" >&2
+# Another run's display, drivers or Hub would mix its app into this one: refuse instead.
+for port in "$PORT" "$NATIVE_PORT" "$HUB_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is taken (another E2E run?): set WEBDRIVER_PORT and HUB_PORT" >&2
+    exit 1
+  fi
+done
+if [ -e "/tmp/.X$DISPLAY_NUM-lock" ]; then
+  echo "display :$DISPLAY_NUM is taken (another E2E run?): set DISPLAY_NUM" >&2
   exit 1
 fi
 Xvfb ":$DISPLAY_NUM" -screen 0 1280x800x24 -nolisten tcp >"$ARTIFACTS_DIR/xvfb.log" 2>&1 &
@@ -70,12 +79,11 @@ export GEMMA_CHAT_TEST_MIC="$ROOT/tests/fixtures/C/audio_16k_mono.wav"
 export XDG_DOWNLOAD_DIR="$E2E_HOME/downloads"
 # Model downloads go to a throwaway Hugging Face cache, from a fake Hub the E2E test serves.
 export HF_HOME="$E2E_HOME/hf"
-export HUB_PORT=${HUB_PORT:-4480}
 export HF_ENDPOINT="http://127.0.0.1:$HUB_PORT"
 # The app's log of this run; the E2E test prints its tail when a test fails.
 export GEMMA_CHAT_LOG_DIR="$ARTIFACTS_DIR/logs"
 rm -rf "$GEMMA_CHAT_LOG_DIR"
-"$TOOLS/bin/tauri-driver" --port "$PORT" >"$ARTIFACTS_DIR/tauri-driver.log" 2>&1 &
+"$TOOLS/bin/tauri-driver" --port "$PORT" --native-port "$NATIVE_PORT" >"$ARTIFACTS_DIR/tauri-driver.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
