@@ -301,6 +301,10 @@ e2e('a model downloads from the Hub with progress, then loads and answers', asyn
     // The finished download is loaded at once, and named by its repo.
     await waitText('.model-badge', /^google\/gemma-3n-E2B-it$/, 120000);
     await waitText('section[aria-label="Models"]', /On this computer — works offline/);
+    // The app's log tells the same story, for whoever must find where a download stopped.
+    const log = appLogTail(200);
+    assert.match(log, /google\/gemma-3n-E2B-it downloaded in [\d.]+ s/);
+    assert.match(log, /model "google\/gemma-3n-E2B-it" ready in/);
     await (await $('button[aria-label="New chat"]')).click();
     await type('Hello, downloaded model');
     const before = await replyCount();
