@@ -95,6 +95,7 @@ impl AppState {
                 "{path} is not a model folder: it has no config.json"
             )));
         }
+        tracing::info!("open_model {path}");
         self.load_model(dir, false)?;
         self.store.set_setting("model_dir", path)
     }
@@ -235,6 +236,10 @@ impl AppState {
             self.store
                 .add_message(conversation_id, Role::Assistant, "", &[], Status::Streaming)?;
         let store = self.store.clone();
+        tracing::info!(
+            "reply {reply_id} in conversation {conversation_id}: {} messages in",
+            history.len()
+        );
         reservation.run(move |backend, cancel| {
             let mut text = String::new();
             let result = catch_unwind(AssertUnwindSafe(|| {
@@ -251,6 +256,16 @@ impl AppState {
                 })
             }))
             .unwrap_or_else(|p| Err(AppError::Internal(panic_message(p))));
+            match &result {
+                Ok(s) => tracing::info!(
+                    "reply {reply_id} ended ({:?}): {} tokens, TTFT {:.0} ms, {:.1} tokens/s",
+                    s.stop_reason,
+                    s.generated_tokens,
+                    s.ttft_ms,
+                    s.tokens_per_second
+                ),
+                Err(e) => tracing::warn!("reply {reply_id} failed: {e}"),
+            }
             let saved = match &result {
                 Ok(stats) => {
                     let status = match stats.stop_reason {
@@ -366,6 +381,10 @@ fn file_stem(title: &str) -> String {
 }
 
 /// The conversation as the engine sees it: media first, then the text of each message.
+///
+/// A turn whose reply failed is left out with that reply: the model never answered it, and
+/// what made it fail (say, a corrupt attachment) would fail every later reply too. Regenerate
+/// or edit-and-resend retries it, since the failed reply is deleted first.
 pub fn to_engine_messages(conversation: &Conversation, attachments_dir: &Path) -> Vec<Message> {
     let mut messages = Vec::new();
     if !conversation.system_prompt.trim().is_empty() {
@@ -374,8 +393,10 @@ pub fn to_engine_messages(conversation: &Conversation, attachments_dir: &Path) -
             conversation.system_prompt.clone(),
         ));
     }
-    for m in &conversation.messages {
-        if m.status == Status::Streaming {
+    let all = &conversation.messages;
+    let failed = |i: usize| all.get(i).is_some_and(|m| m.status == Status::Error);
+    for (i, m) in all.iter().enumerate() {
+        if m.status == Status::Streaming || failed(i) || (m.role == Role::User && failed(i + 1)) {
             continue;
         }
         let mut content: Vec<Part> = m

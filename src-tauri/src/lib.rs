@@ -17,6 +17,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tauri::{Emitter, Manager, Runtime};
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter};
 
 use app::AppState;
 use models::{hub_sources, Downloads, Keychain, Tokens};
@@ -100,7 +104,9 @@ fn init<R: Runtime>(app: &tauri::AppHandle<R>) -> Result<AppState, Box<dyn std::
         .unwrap_or_else(|_| data_dir.join("exports"));
     let events = app.clone();
     let worker = Worker::spawn(move |status| {
-        let _ = events.emit("model-status", status);
+        if let Err(e) = events.emit("model-status", status) {
+            tracing::warn!("telling the window the model status: {e}");
+        }
     });
     let recorder: Box<dyn Recorder> = match std::env::var_os("GEMMA_CHAT_TEST_MIC") {
         Some(path) => Box::new(FileSource::new(path.into())),
@@ -119,12 +125,59 @@ fn init<R: Runtime>(app: &tauri::AppHandle<R>) -> Result<AppState, Box<dyn std::
     Ok(state)
 }
 
-pub fn run() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+/// Log files: one a day, a week of them kept.
+const LOG_FILES_KEPT: usize = 7;
+
+/// Logs to stderr and to `gemma-chat.<date>.log` in the app's log folder (`GEMMA_CHAT_LOG_DIR`
+/// overrides it, so tests keep the log as an artefact). `RUST_LOG` overrides the `info` level.
+/// Each line is written as it comes, so a crash or a kill loses none.
+fn init_logging<R: Runtime>(app: &tauri::AppHandle<R>) {
+    let file = match std::env::var_os("GEMMA_CHAT_LOG_DIR") {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => app.path().app_log_dir().map_err(|e| e.to_string()),
+    }
+    .and_then(|dir| {
+        let appender = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix("gemma-chat")
+            .filename_suffix("log")
+            .max_log_files(LOG_FILES_KEPT)
+            .build(&dir)
+            .map_err(|e| format!("cannot write logs in {}: {e}", dir.display()))?;
+        Ok((appender, dir))
+    });
+    let (file_layer, outcome) = match file {
+        Ok((appender, dir)) => (
+            Some(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_thread_names(true)
+                    .with_writer(appender),
+            ),
+            Ok(dir),
+        ),
+        Err(e) => (None, Err(e)),
+    };
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with(
+            fmt::layer()
+                .with_thread_names(true)
+                .with_writer(std::io::stderr),
+        )
+        .with(file_layer)
         .init();
+    let version = env!("CARGO_PKG_VERSION");
+    match outcome {
+        Ok(dir) => tracing::info!("Gemma Chat {version}; log files in {}", dir.display()),
+        Err(e) => tracing::warn!("Gemma Chat {version}; {e}: logging to stderr only"),
+    }
+}
+
+pub fn run() {
     tauri::Builder::default()
         .setup(|app| {
+            init_logging(app.handle());
             let state = init(app.handle())?;
             app.manage(state);
             Ok(())

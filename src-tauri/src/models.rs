@@ -4,6 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use engine::download::{self, Outcome, Progress, Source};
 use engine::{LoadOptions, WeightFormat};
@@ -239,6 +240,9 @@ pub fn hub_sources() -> SourceFactory {
     Box::new(|token| Ok(Box::new(download::HubSource::new(None, token)?) as Box<dyn Source>))
 }
 
+/// How often a download's progress goes to the log.
+const LOG_EVERY_BYTES: u64 = 100_000_000;
+
 /// The download under way: its repo, and the flag that stops it.
 struct Running {
     repo_id: String,
@@ -309,26 +313,45 @@ impl Downloads {
         std::thread::Builder::new()
             .name("download".into())
             .spawn(move || {
+                tracing::info!("downloading {repo_id} into {}", cache.path().display());
+                let started = Instant::now();
+                let mut logged = 0;
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     download::download(&*source, &cache, &repo_id, &cancel, &mut |p| {
+                        if p.done_bytes >= logged + LOG_EVERY_BYTES {
+                            logged = p.done_bytes;
+                            tracing::info!(
+                                "{repo_id}: {} of {} MB, {:.1} MB/s",
+                                p.done_bytes / 1_000_000,
+                                p.total_bytes / 1_000_000,
+                                p.bytes_per_second / 1e6
+                            );
+                        }
                         on_event(DownloadEvent::Progress {
                             progress: p.clone(),
                         })
                     })
-                }));
+                    .map_err(|e| AppError::Download(e.to_string()))
+                }))
+                .unwrap_or_else(|p| Err(AppError::Internal(panic_message(p))));
+                let seconds = started.elapsed().as_secs_f64();
+                match &result {
+                    Ok(Outcome::Complete(path)) => {
+                        tracing::info!("{repo_id} downloaded in {seconds:.1} s: {}", path.display())
+                    }
+                    Ok(Outcome::Cancelled) => {
+                        tracing::info!("{repo_id}: download cancelled after {seconds:.1} s")
+                    }
+                    Err(e) => tracing::error!("{repo_id}: download failed: {e}"),
+                }
                 // Free the slot before the last event, so the UI can start another at once.
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 on_event(match result {
-                    Ok(Ok(Outcome::Complete(path))) => DownloadEvent::Done {
+                    Ok(Outcome::Complete(path)) => DownloadEvent::Done {
                         path: path.display().to_string(),
                     },
-                    Ok(Ok(Outcome::Cancelled)) => DownloadEvent::Cancelled,
-                    Ok(Err(e)) => DownloadEvent::Error {
-                        error: AppError::Download(e.to_string()),
-                    },
-                    Err(p) => DownloadEvent::Error {
-                        error: AppError::Internal(panic_message(p)),
-                    },
+                    Ok(Outcome::Cancelled) => DownloadEvent::Cancelled,
+                    Err(error) => DownloadEvent::Error { error },
                 });
             })
             .map_err(|e| {

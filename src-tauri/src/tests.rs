@@ -13,7 +13,7 @@ use tauri::test::{get_ipc_response, mock_builder, MockRuntime, INVOKE_KEY};
 use tauri::webview::InvokeRequest;
 use tauri::{Manager, WebviewWindow};
 
-use crate::app::{AppState, StreamEvent};
+use crate::app::{to_engine_messages, AppState, StreamEvent};
 use crate::backend::scripted::ScriptedBackend;
 use crate::backend::{ChatBackend, StopReason};
 use crate::error::AppError;
@@ -924,7 +924,7 @@ fn closing_the_window_mid_reply_loses_nothing() {
 }
 
 #[test]
-fn a_corrupt_attachment_is_a_clear_error_not_a_panic() {
+fn a_corrupt_attachment_is_a_clear_error_and_does_not_fail_the_next_message() {
     let dir = tempfile::tempdir().unwrap();
     let s = state(dir.path(), ScriptedBackend::new(&[]), Box::new(Unavailable));
     s.load_model(fixture("model"), true).unwrap();
@@ -937,7 +937,7 @@ fn a_corrupt_attachment_is_a_clear_error_not_a_panic() {
     let broken = s.store.save_attachment("broken.png", &bytes).unwrap();
     let conv = s.store.create_conversation("t").unwrap().id;
     let (tx, rx) = collector();
-    s.send_message(conv, "what is this?", &[broken], tx)
+    s.send_message(conv, "what is this?", std::slice::from_ref(&broken), tx)
         .unwrap();
     let events = drain(&rx);
     let Some(StreamEvent::Error { error }) = events.last() else {
@@ -961,4 +961,43 @@ fn a_corrupt_attachment_is_a_clear_error_not_a_panic() {
     let (tx, rx) = collector();
     s.send_message(other, "hello", &[], tx).unwrap();
     assert!(matches!(drain(&rx).last(), Some(StreamEvent::Done { .. })));
+
+    // The same chat goes on: the failed turn, attachment and all, is not sent to the model again.
+    wait_for("the slot", || !s.worker.is_busy());
+    let (tx, rx) = collector();
+    s.send_message(conv, "never mind, hello", &[], tx).unwrap();
+    let events = drain(&rx);
+    assert!(
+        matches!(events.last(), Some(StreamEvent::Done { .. })),
+        "{events:?}"
+    );
+    let conversation = s.store.conversation(conv).unwrap();
+    assert_eq!(
+        conversation.messages.len(),
+        4,
+        "the failed turn stays shown"
+    );
+    let history = to_engine_messages(&conversation, s.store.attachments_dir());
+    let texts: Vec<_> = history
+        .iter()
+        .map(|m| match &m.content[..] {
+            [Part::Text { text }] => text.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(texts[0], "never mind, hello");
+    assert_eq!(texts.len(), 2);
+
+    // Regenerating the failed turn retries it with its attachment, and says why it fails.
+    let retry = s.store.create_conversation("v").unwrap().id;
+    let (tx, rx) = collector();
+    s.send_message(retry, "and this?", &[broken], tx).unwrap();
+    drain(&rx);
+    wait_for("the slot", || !s.worker.is_busy());
+    let (tx, rx) = collector();
+    s.regenerate(retry, tx).unwrap();
+    let Some(StreamEvent::Error { error }) = drain(&rx).last().cloned() else {
+        panic!("the retry should fail again")
+    };
+    assert_eq!(error.kind(), "attachment", "{error}");
 }

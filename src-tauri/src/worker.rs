@@ -4,6 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -87,6 +88,8 @@ impl Worker {
                 for command in rx {
                     match command {
                         Command::Load { path, loader } => {
+                            tracing::info!("loading the model in {path}");
+                            let started = Instant::now();
                             backend = None;
                             set(ModelStatus::Loading {
                                 path: path.clone(),
@@ -105,15 +108,23 @@ impl Worker {
                                     });
                                 }
                             });
-                            match catch_unwind(AssertUnwindSafe(|| loader(progress))) {
-                                Ok(Ok(b)) => {
-                                    set(ModelStatus::Ready { model: b.info() });
+                            let loaded = catch_unwind(AssertUnwindSafe(|| loader(progress)))
+                                .unwrap_or_else(|p| Err(AppError::Internal(panic_message(p))));
+                            match loaded {
+                                Ok(b) => {
+                                    let model = b.info();
+                                    tracing::info!(
+                                        "model {:?} ready in {:.1} s",
+                                        model.name,
+                                        started.elapsed().as_secs_f64()
+                                    );
+                                    set(ModelStatus::Ready { model });
                                     backend = Some(b);
                                 }
-                                Ok(Err(error)) => set(ModelStatus::Failed { error }),
-                                Err(p) => set(ModelStatus::Failed {
-                                    error: AppError::Internal(panic_message(p)),
-                                }),
+                                Err(error) => {
+                                    tracing::error!("loading the model failed: {error}");
+                                    set(ModelStatus::Failed { error });
+                                }
                             }
                         }
                         Command::Run(job) => {

@@ -1,7 +1,8 @@
 // An in-memory backend behind mockIPC, so the real UI runs in a plain browser for tests.
 // Tests steer it through `window.__mock`.
+import { emit } from '@tauri-apps/api/event';
 import { mockIPC } from '@tauri-apps/api/mocks';
-import type { Attachment, Conversation, DownloadEvent, ModelsOverview, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
+import type { Attachment, Conversation, DownloadEvent, ModelStatus, ModelsOverview, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
 
 interface MockControl {
   /** Pieces of the next replies. */
@@ -15,6 +16,8 @@ interface MockControl {
   models: ModelsOverview;
   /** Break the next download after its first progress event. */
   downloadFails: boolean;
+  /** Where the next model load stops, still loading; null: it finishes. */
+  loadStopsAt: number | null;
 }
 
 declare global {
@@ -45,6 +48,7 @@ const control: MockControl = {
     loadSettings: { weights: 'f32', threads: null },
   },
   downloadFails: false,
+  loadStopsAt: null,
 };
 window.__mock = control;
 
@@ -95,6 +99,22 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
   return Promise.resolve();
 }
 
+let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults } };
+
+/** As on the model thread: every status change is announced. */
+async function setModelStatus(status: ModelStatus): Promise<void> {
+  modelStatus = status;
+  await emit('model-status', status);
+}
+
+/** A load as the backend's, named like a folder of hf-hub's cache. */
+async function loadModel(path: string): Promise<void> {
+  await setModelStatus({ state: 'loading', path, progress: 0 });
+  if (control.loadStopsAt != null) return setModelStatus({ state: 'loading', path, progress: control.loadStopsAt });
+  const repo = /models--(.+?)\/snapshots\//.exec(path)?.[1].replace('--', '/');
+  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults } });
+}
+
 let cancelDownload = false;
 
 /** A fake download: progress every 40 ms, 1 GB at a time. */
@@ -140,7 +160,7 @@ mockIPC(async (cmd, raw) => {
   }
   switch (cmd) {
     case 'model_status':
-      return { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults } };
+      return modelStatus;
     case 'models_overview':
       return structuredClone(control.models);
     case 'download_model':
@@ -162,6 +182,9 @@ mockIPC(async (cmd, raw) => {
       control.models.loadSettings = args.settings;
       return null;
     case 'open_model':
+      // A small model loads before the command's response reaches the window, as in the app:
+      // the status events come first.
+      await loadModel(args.path);
       return null;
     case 'list_conversations': {
       const q = String(args.query ?? '').toLowerCase();
@@ -240,6 +263,6 @@ mockIPC(async (cmd, raw) => {
     default:
       throw { kind: 'internal', message: `mock: unknown command ${cmd}` };
   }
-});
+}, { shouldMockEvents: true });
 
 void import('../src/main');

@@ -78,8 +78,15 @@ class ChatApp {
   async start(root: HTMLElement): Promise<void> {
     root.append(this.layout());
     this.wireEvents();
-    await listen<ModelStatus>('model-status', (e) => this.setModel(e.payload)).catch(() => undefined);
-    this.setModel(await api.modelStatus());
+    // The model thread announces every status change. An event can overtake a command's
+    // response, so the status asked for here is shown only if no newer event came first.
+    let heard = false;
+    await listen<ModelStatus>('model-status', (e) => {
+      heard = true;
+      this.setModel(e.payload);
+    }).catch(() => undefined);
+    const status = await api.modelStatus();
+    if (!heard) this.setModel(status);
     await this.refreshModels();
     // First run: nothing but the demo model, so offer the real ones.
     if (this.overview && this.overview.choices.every((c) => !c.localPath) && !(this.model.state === 'ready' && !this.model.model.demo)) {
@@ -660,10 +667,10 @@ class ChatApp {
     this.renderModels();
   }
 
+  /** The load's progress and end come as "model-status" events, maybe before this returns. */
   private async openModel(path: string): Promise<void> {
     try {
       await api.openModel(path);
-      this.setModel({ state: 'loading', path, progress: 0 });
     } catch (e) {
       this.showError(e);
     }

@@ -428,6 +428,7 @@ fn fetch(
     let have = std::fs::metadata(part).map_or(0, |m| m.len());
     // A part longer than the file is from another version: start over.
     let start = if have > file.size { 0 } else { have };
+    tracing::info!("{}: requesting bytes {start}..{}", file.name, file.size);
     let mut body = source.open(repo_id, commit, &file.name, start)?;
     let mut out = OpenOptions::new()
         .create(true)
@@ -483,6 +484,7 @@ fn fetch(
             )));
         }
     }
+    tracing::info!("{}: received and checked", file.name);
     Ok(true)
 }
 
