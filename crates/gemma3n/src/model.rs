@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::amx;
 use crate::audio::{AudioEncoder, AudioEncoding, AudioTrace};
 use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
@@ -386,7 +387,10 @@ impl Gemma3nModel {
             )));
         }
         let (embeds, ple_ids) = self.embed_inputs(ids, media)?;
-        Ok(self.text.forward_hidden(&embeds, &ple_ids, cache, trace)?)
+        // Prefill multiplies on AMX tiles where the CPU has them.
+        Ok(amx::on_worker(|| {
+            self.text.forward_hidden(&embeds, &ple_ids, cache, trace)
+        })?)
     }
 
     /// Soft-capped logits `[B, T, V]` (f32) for every position.

@@ -9,6 +9,7 @@ mod sscp;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::amx;
 use crate::config::AudioConfig;
 use conformer::ConformerBlock;
 use sscp::SubSampleConvProjection;
@@ -51,6 +52,15 @@ impl AudioEncoder {
 
     /// `mel` `[B, T, mel_bins]`, `valid` `[B, T]` (u8, 1 = real frame).
     pub fn forward(
+        &self,
+        mel: &Tensor,
+        valid: &Tensor,
+        trace: Option<&mut AudioTrace>,
+    ) -> Result<AudioEncoding> {
+        amx::on_worker(|| self.encode(mel, valid, trace))
+    }
+
+    fn encode(
         &self,
         mel: &Tensor,
         valid: &Tensor,
