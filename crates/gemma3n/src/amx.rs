@@ -253,7 +253,7 @@ impl PackedWeights {
                 let b = &self.tiles[col0 / BLOCK * strip + steps.start * parts * TILE..];
                 for row0 in rows.clone().step_by(BLOCK) {
                     let a = &a.tiles[row0 / BLOCK * a.block_len() + steps.start * 4 * TILE..];
-                    platform::block(platform::Block {
+                    platform::block(Block {
                         a: a.as_ptr(),
                         b: b.as_ptr(),
                         has_b_lo: self.has_lo,
@@ -344,23 +344,31 @@ impl SendPtr {
     }
 }
 
+/// One 32×32 output block for the kernel: `c += a · b` over `steps` tile steps of the inner
+/// dimension.
+// Elsewhere the stub kernel never reads it.
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+struct Block {
+    /// The A block at the first step: per step hi of the top and bottom rows, then lo.
+    a: *const u16,
+    /// The B strip at the first step: per step two hi tiles, then two lo tiles if present.
+    b: *const u16,
+    has_b_lo: bool,
+    c: *mut f32,
+    /// Bytes between C rows.
+    c_stride: usize,
+    steps: usize,
+}
+
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod platform {
     use std::arch::asm;
     use std::arch::x86_64::__cpuid_count;
 
-    /// One 32×32 output block: `c += a · b` over `steps` tile steps of the inner dimension.
-    pub struct Block {
-        /// The A block at the first step: per step hi of the top and bottom rows, then lo.
-        pub a: *const u16,
-        /// The B strip at the first step: per step two hi tiles, then two lo tiles if present.
-        pub b: *const u16,
-        pub has_b_lo: bool,
-        pub c: *mut f32,
-        /// Bytes between C rows.
-        pub c_stride: usize,
-        pub steps: usize,
-    }
+    use super::Block;
 
     /// cpuid 7.0 EDX: AMX-BF16 (bit 22) and AMX-TILE (bit 24); then the kernel's permission
     /// for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
@@ -479,14 +487,7 @@ mod platform {
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 mod platform {
-    pub struct Block {
-        pub a: *const u16,
-        pub b: *const u16,
-        pub has_b_lo: bool,
-        pub c: *mut f32,
-        pub c_stride: usize,
-        pub steps: usize,
-    }
+    use super::Block;
 
     pub fn enable_tiles() -> bool {
         false
