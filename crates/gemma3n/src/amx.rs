@@ -134,7 +134,11 @@ impl PackedWeights {
         assert_eq!(weight.len(), n * k, "weight is not [n, k]");
         let (parts, has_lo) = (self.parts(), self.has_lo);
         let strip = k.div_ceil(K_STEP) * parts * TILE;
-        self.tiles.clear();
+        // The rounded packer writes every element of every tile, padding included; the split one
+        // skips padded columns, so it starts from zeros.
+        if has_lo {
+            self.tiles.clear();
+        }
         self.tiles.resize(n.div_ceil(BLOCK) * strip, 0);
         let pack_strip = |(nb, strip): (usize, &mut [u16])| {
             for (step, tiles) in strip.chunks_mut(parts * TILE).enumerate() {
