@@ -238,6 +238,12 @@ e2e('deleting a chat asks in the window; Cancel keeps it', async () => {
   await app.waitUntil(() => app.execute(() => !document.querySelector('dialog')), { timeout: 10000, timeoutMsg: 'the question stayed' });
   assert.ok((await ids()).includes(id), 'Cancel keeps the chat');
   await askToDelete();
+  // On top of the window: checked here, as WebKitWebDriver's screenshot did not show the modal.
+  assert.ok(await app.execute(() => {
+    const d = document.querySelector('dialog[open]');
+    const r = d.getBoundingClientRect();
+    return d.contains(document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2));
+  }), 'the question is on top');
   await shot('delete-question');
   await (await $('dialog[open] button[aria-label="Confirm delete"]')).click();
   await app.waitUntil(async () => !(await ids()).includes(id), { timeout: 10000, timeoutMsg: 'the chat was not deleted' });
