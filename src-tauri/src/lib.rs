@@ -176,6 +176,7 @@ fn init_logging<R: Runtime>(app: &tauri::AppHandle<R>) {
 
 pub fn run() {
     tauri::Builder::default()
+        .plugin(tauri_plugin_dialog::init())
         .setup(|app| {
             init_logging(app.handle());
             let state = init(app.handle())?;

@@ -84,6 +84,7 @@ fn drain(rx: &Receiver<StreamEvent>) -> Vec<StreamEvent> {
 
 fn mock_app(state: AppState) -> (tauri::App<MockRuntime>, WebviewWindow<MockRuntime>) {
     let app = mock_builder()
+        .plugin(tauri_plugin_dialog::init())
         .manage(state)
         .invoke_handler(crate::handlers!())
         .build(tauri::generate_context!())
@@ -1000,4 +1001,36 @@ fn a_corrupt_attachment_is_a_clear_error_and_does_not_fail_the_next_message() {
         panic!("the retry should fail again")
     };
     assert_eq!(error.kind(), "attachment", "{error}");
+}
+
+#[test]
+fn the_window_may_open_the_folder_picker_and_no_other_dialog() {
+    let capability: Value =
+        serde_json::from_str(include_str!("../capabilities/default.json")).unwrap();
+    let dialog: Vec<&str> = capability["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str().or_else(|| p["identifier"].as_str()))
+        .filter(|p| p.starts_with("dialog:"))
+        .collect();
+    assert_eq!(dialog, ["dialog:allow-open"]);
+
+    // The ACL built from it refuses the plugin's other dialogs before any is shown.
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, w) = mock_app(state(
+        dir.path(),
+        ScriptedBackend::new(&[]),
+        Box::new(Unavailable),
+    ));
+    for (cmd, args) in [
+        ("save", json!({"options": {}})),
+        ("message", json!({"message": "hi"})),
+    ] {
+        let err = invoke(&w, &format!("plugin:dialog|{cmd}"), args).unwrap_err();
+        assert!(
+            err.as_str().is_some_and(|e| e.contains("not allowed")),
+            "plugin:dialog|{cmd}: {err}"
+        );
+    }
 }

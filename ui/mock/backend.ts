@@ -18,6 +18,8 @@ interface MockControl {
   downloadFails: boolean;
   /** Where the next model load stops, still loading; null: it finishes. */
   loadStopsAt: number | null;
+  /** What the native folder picker answers: the chosen folder, or null for Cancel. */
+  folderPick: string | null;
 }
 
 declare global {
@@ -49,6 +51,7 @@ const control: MockControl = {
   },
   downloadFails: false,
   loadStopsAt: null,
+  folderPick: null,
 };
 window.__mock = control;
 
@@ -181,6 +184,9 @@ mockIPC(async (cmd, raw) => {
       if (!['f32', 'bf16', 'q8_0', 'q4k'].includes(args.settings.weights)) throw { kind: 'invalidInput', message: 'unknown weight format' };
       control.models.loadSettings = args.settings;
       return null;
+    // The dialog plugin's command behind `open()` from @tauri-apps/plugin-dialog.
+    case 'plugin:dialog|open':
+      return control.folderPick;
     case 'open_model':
       // A small model loads before the command's response reaches the window, as in the app:
       // the status events come first.

@@ -1,5 +1,6 @@
 // Typed wrappers over the backend commands (src-tauri/src/commands.rs).
 import { Channel, invoke } from '@tauri-apps/api/core';
+import { open } from '@tauri-apps/plugin-dialog';
 
 export interface Sampling {
   temperature: number;
@@ -156,6 +157,8 @@ function streamChannel(onEvent: (e: StreamEvent) => void): Channel<StreamEvent> 
 export const api = {
   modelStatus: () => invoke<ModelStatus>('model_status'),
   openModel: (path: string) => invoke<void>('open_model', { path }),
+  /** The OS's folder picker: the chosen folder, or null when cancelled. */
+  pickModelFolder: () => open({ directory: true, title: 'Open a Gemma 3n model folder' }),
   modelsOverview: () => invoke<ModelsOverview>('models_overview'),
   saveToken: (token: string) => invoke<TokenState>('save_token', { token }),
   forgetToken: () => invoke<TokenState>('forget_token'),

@@ -42,6 +42,27 @@ function button(label: string, text: string, onClick: () => void, cls = ''): HTM
   return b;
 }
 
+/**
+ * A yes/no question in a modal of the page. Not `window.confirm`: the dialog plugin replaces it
+ * with its message dialog, which the capability does not grant (only the folder picker is).
+ */
+function ask(question: string, yes: string, yesLabel: string): Promise<boolean> {
+  const dialog = h('dialog', { 'aria-label': question });
+  dialog.append(
+    h('p', { text: question }),
+    h('div', { class: 'actions' }, button('Cancel', 'Cancel', () => dialog.close()), button(yesLabel, yes, () => dialog.close('yes'), 'danger')),
+  );
+  document.body.append(dialog);
+  dialog.showModal();
+  return new Promise((resolve) =>
+    // Esc closes it too, with no answer.
+    dialog.addEventListener('close', () => {
+      dialog.remove();
+      resolve(dialog.returnValue === 'yes');
+    }),
+  );
+}
+
 class ChatApp {
   private conversations: ConversationSummary[] = [];
   private current: Conversation | null = null;
@@ -312,7 +333,7 @@ class ChatApp {
   }
 
   private async remove(c: ConversationSummary): Promise<void> {
-    if (!window.confirm(`Delete “${c.title}”? This cannot be undone.`)) return;
+    if (!(await ask(`Delete “${c.title}”? This cannot be undone.`, 'Delete', 'Confirm delete'))) return;
     try {
       await api.deleteConversation(c.id);
       if (this.current?.id === c.id) {
@@ -676,6 +697,15 @@ class ChatApp {
     }
   }
 
+  private async pickModelFolder(): Promise<void> {
+    try {
+      const path = await api.pickModelFolder();
+      if (path !== null) await this.openModel(path);
+    } catch (e) {
+      this.showError(e);
+    }
+  }
+
   private async startDownload(choice: ModelChoice): Promise<void> {
     this.download = { id: choice.id, progress: null };
     this.renderModels();
@@ -806,8 +836,10 @@ class ChatApp {
         h('div', { class: 'actions' }, button('Save token', 'Save token', () => void saveToken()), button('Forget token', 'Forget token', () => void forgetToken()))),
       h('p', { class: 'hint token-note', text: tokenNote }),
       h('h2', { text: 'Local model' }),
-      h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Model folder' }), folder),
-        button('Open model folder', 'Open model folder…', () => void this.openModel(folder.value.trim()))),
+      h('div', { class: 'actions' }, button('Open model folder', 'Open model folder…', () => void this.pickModelFolder(), 'primary')),
+      // Typing the path works where no native dialog can be shown (and in the E2E tests).
+      h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Or type its path' }), folder),
+        button('Open the typed model folder', 'Open', () => void this.openModel(folder.value.trim()))),
       h('h2', { text: 'Loading' }),
       h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Weight format' }), weights), h('label', {}, h('span', { text: 'Threads' }), threads)),
       h('div', { class: 'actions' },

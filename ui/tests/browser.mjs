@@ -46,7 +46,11 @@ async function openApp(colorScheme = 'light') {
     document.addEventListener('securitypolicyviolation', (e) => window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
   });
   page.on('pageerror', (e) => errors.push(e));
-  page.on('dialog', (d) => d.accept());
+  // The app asks in the page: a native dialog here would be the dialog plugin's, which it may not use.
+  page.on('dialog', (d) => {
+    errors.push(new Error(`native dialog: ${d.message()}`));
+    void d.dismiss();
+  });
   await page.goto('http://app.test/');
   await page.getByRole('textbox', { name: 'Message' }).waitFor();
   return page;
@@ -216,6 +220,12 @@ test('chats can be searched, renamed, deleted, and Ctrl+N starts one', async () 
   await page.getByRole('button', { name: 'Open chat Greetings' }).waitFor();
   await page.getByRole('button', { name: 'Open chat Greetings' }).hover();
   await page.locator('.chat-item', { hasText: 'Greetings' }).getByRole('button', { name: 'Delete chat' }).click();
+  // Cancel keeps it; the in-page question asks again and Delete removes it.
+  await page.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click();
+  await page.getByRole('dialog').waitFor({ state: 'detached' });
+  await page.getByRole('button', { name: 'Open chat Greetings' }).hover();
+  await page.locator('.chat-item', { hasText: 'Greetings' }).getByRole('button', { name: 'Delete chat' }).click();
+  await page.getByRole('dialog', { name: 'Delete “Greetings”? This cannot be undone.' }).getByRole('button', { name: 'Confirm delete' }).click();
   await page.getByRole('button', { name: 'Open chat Greetings' }).waitFor({ state: 'detached' });
 });
 
@@ -270,6 +280,21 @@ test('first run offers the models; a download shows progress, cancels, fails cle
   await page.evaluate(() => { window.__mock.loadStopsAt = 0.42; });
   await models.getByRole('button', { name: 'Reload model with these settings' }).click();
   await page.getByRole('status').getByText('Loading model… 42%').waitFor();
+});
+
+test('Open model folder… opens the folder chosen in the native picker; Cancel changes nothing', async () => {
+  const models = page.getByRole('region', { name: 'Models' });
+  const since = await page.evaluate(() => window.__mock.calls.length);
+  await page.evaluate(() => { window.__mock.loadStopsAt = null; window.__mock.folderPick = null; });
+  await models.getByRole('button', { name: 'Open model folder' }).click();
+  await page.waitForFunction((since) => window.__mock.calls.slice(since).some((c) => c.cmd === 'plugin:dialog|open'), since);
+  await page.evaluate(() => { window.__mock.folderPick = '/home/me/models/gemma-3n-E4B-it'; });
+  await models.getByRole('button', { name: 'Open model folder' }).click();
+  await page.getByRole('status').getByText('gemma-3n-E4B-it', { exact: true }).waitFor();
+  const calls = await page.evaluate((since) => window.__mock.calls.slice(since).filter((c) => c.cmd === 'plugin:dialog|open' || c.cmd === 'open_model'), since);
+  const dialog = { cmd: 'plugin:dialog|open', args: { options: { directory: true, title: 'Open a Gemma 3n model folder' } } };
+  // The cancelled pick opened nothing; the chosen folder went through open_model.
+  assert.deepEqual(calls, [dialog, dialog, { cmd: 'open_model', args: { path: '/home/me/models/gemma-3n-E4B-it' } }]);
 });
 
 test('dark theme follows the OS', async () => {

@@ -226,6 +226,30 @@ e2e('after a restart the conversations are still there', async () => {
   await shot('after-restart');
 });
 
+e2e('deleting a chat asks in the window; Cancel keeps it', async () => {
+  const ids = () => app.execute(() => [...document.querySelectorAll('.chat-item')].map((li) => li.dataset.id));
+  const before = await ids();
+  await (await $('button[aria-label="New chat"]')).click();
+  await app.waitUntil(async () => (await ids()).length === before.length + 1, { timeout: 10000, timeoutMsg: 'no new chat' });
+  const id = (await ids()).find((i) => !before.includes(i));
+  const askToDelete = () => app.execute((i) => document.querySelector(`.chat-item[data-id="${i}"] button[aria-label="Delete chat"]`).click(), id);
+  await askToDelete();
+  await (await $('dialog[open] button[aria-label="Cancel"]')).click();
+  await app.waitUntil(() => app.execute(() => !document.querySelector('dialog')), { timeout: 10000, timeoutMsg: 'the question stayed' });
+  assert.ok((await ids()).includes(id), 'Cancel keeps the chat');
+  await askToDelete();
+  // On top of the window: checked here, as WebKitWebDriver's screenshot did not show the modal.
+  assert.ok(await app.execute(() => {
+    const d = document.querySelector('dialog[open]');
+    const r = d.getBoundingClientRect();
+    return d.contains(document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2));
+  }), 'the question is on top');
+  await shot('delete-question');
+  await (await $('dialog[open] button[aria-label="Confirm delete"]')).click();
+  await app.waitUntil(async () => !(await ids()).includes(id), { timeout: 10000, timeoutMsg: 'the chat was not deleted' });
+  assert.deepEqual(await ids(), before);
+});
+
 // A stand-in for the Hugging Face Hub at $HF_ENDPOINT (set by scripts/test-desktop.sh): the demo
 // model's files as the repo google/gemma-3n-E2B-it, sent slowly enough for progress to show.
 const HUB_REPO = 'google/gemma-3n-E2B-it';
