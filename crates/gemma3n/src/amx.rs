@@ -395,6 +395,16 @@ mod platform {
 
     const TILE_BYTES: usize = 1024;
 
+    /// The 2×2 block of tile products: C tiles tmm0..3 += A tiles tmm4/5 × B tiles tmm6/7.
+    macro_rules! products {
+        () => {
+            "tdpbf16ps tmm0, tmm4, tmm6\n\
+             tdpbf16ps tmm1, tmm4, tmm7\n\
+             tdpbf16ps tmm2, tmm5, tmm6\n\
+             tdpbf16ps tmm3, tmm5, tmm7"
+        };
+    }
+
     /// Palette 1, all eight tiles 16 rows of 64 bytes.
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
@@ -447,16 +457,10 @@ mod platform {
                 "tileloadd tmm5, [{a} + {s}*1 + 1024]",
                 "tileloadd tmm6, [{b} + {s}*1]",
                 "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
+                products!(),
                 "tileloadd tmm4, [{a} + {s}*1 + 2048]",
                 "tileloadd tmm5, [{a} + {s}*1 + 3072]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
+                products!(),
                 a = in(reg) a, b = in(reg) b, s = in(reg) 64usize,
                 options(nostack, readonly),
             );
@@ -467,10 +471,7 @@ mod platform {
                     "tileloadd tmm5, [{a} + {s}*1 + 1024]",
                     "tileloadd tmm6, [{b} + {s}*1 + 2048]",
                     "tileloadd tmm7, [{b} + {s}*1 + 3072]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    products!(),
                     a = in(reg) a, b = in(reg) b, s = in(reg) 64usize,
                     options(nostack, readonly),
                 );
