@@ -337,14 +337,17 @@ trait Kernel: GgmlType + 'static {
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
         let k = p.cols;
         let per_row = k / Self::BLCK_SIZE;
+        // Every companion format has the weight format's block length, so weight block `b`
+        // meets activation block `b`.
+        debug_assert_eq!(Self::VecDotType::BLCK_SIZE, Self::BLCK_SIZE);
         let mut xq = vec![Self::VecDotType::zeros(); m * per_row];
         xq.par_chunks_mut(per_row)
             .zip(x.par_chunks(k))
             .for_each(|(dst, src)| Self::VecDotType::from_float(src, dst));
-        let blocks = p.blocks.as_slice();
-        let w = |r: usize| &blocks[r * per_row..(r + 1) * per_row];
-        let a = |i: usize| &xq[i * per_row..(i + 1) * per_row];
-        tiled(m, p.rows, |i, r| Self::vec_dot(k, w(r), a(i)))
+        dot_rows(p, m, |w, first, i| {
+            let a = &xq[i * per_row + first..][..w.len()];
+            Self::vec_dot(w.len() * Self::BLCK_SIZE, w, a)
+        })
     }
 }
 
@@ -366,11 +369,9 @@ impl Kernel for f16 {
     /// Activations stay f32 (the model never runs in f16), weights widened exactly.
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
         let k = p.cols;
-        let blocks = p.blocks.as_slice();
-        tiled(m, p.rows, |i, r| {
-            blocks[r * k..(r + 1) * k]
-                .iter()
-                .zip(&x[i * k..(i + 1) * k])
+        dot_rows(p, m, |w, first, i| {
+            w.iter()
+                .zip(&x[i * k + first..])
                 .map(|(w, x)| w.to_f32() * x)
                 .sum()
         })
@@ -389,11 +390,28 @@ impl Kernel for bf16 {
     /// it loads bf16 with the f16 conversion instruction.)
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
         let k = p.cols;
-        let blocks = p.blocks.as_slice();
-        tiled(m, p.rows, |i, r| {
-            dot_bf16(&blocks[r * k..(r + 1) * k], &x[i * k..(i + 1) * k])
+        dot_rows(p, m, |w, first, i| {
+            dot_bf16(w, &x[i * k + first..][..w.len()])
         })
     }
+}
+
+/// `out[i, r]` for `m` activation rows, from `dot(w, first, i)`: the dot product of the weight
+/// blocks `w` (a run of row `r` starting at block `first`) with activation row `i`'s matching
+/// part.
+fn dot_rows<T: Sync, F>(p: &Packed<T>, m: usize, dot: F) -> Vec<f32>
+where
+    F: Fn(&[T], usize, usize) -> f32 + Sync,
+    T: GgmlType,
+{
+    let per_row = p.cols / T::BLCK_SIZE;
+    let blocks = p.blocks.as_slice();
+    if m == 1 {
+        return streamed(blocks, per_row, |w, first| dot(w, first, 0));
+    }
+    tiled(m, p.rows, |i, r| {
+        dot(&blocks[r * per_row..][..per_row], 0, i)
+    })
 }
 
 /// `Σ w·x` with bf16 `w` widened exactly; lane-wise partial sums so the loop vectorises.
@@ -446,23 +464,80 @@ fn transpose(src: &[f32], n: usize, m: usize) -> Vec<f32> {
     out
 }
 
+/// Weight rows read side by side in one decoding task, from far-apart stripes of its chunk.
+const STREAMS: usize = 4;
+/// Bytes of one row consumed before moving to the next stream.
+const SEGMENT_BYTES: usize = 512;
+/// How far ahead of each stream's position its cache lines are requested.
+const PREFETCH_BYTES: usize = 1536;
+
+/// One activation row against every weight row (`blocks`, `per_row` blocks each): `dot(w,
+/// first)` gives a run of a row's blocks starting at block `first` times the matching
+/// activations.  Decoding is bound by how fast the weights stream in.  One sequential stream
+/// per core leaves much of the bandwidth unused: each task reads four far-apart rows in turns
+/// of about 512 bytes and prefetches ahead in each.  On the 2-core Xeon this took candle's q8_0
+/// kernel from 16 to 26 GB/s and its Q4_K kernel from 8.5 to 25 GB/s.
+fn streamed<T: Sync, F>(blocks: &[T], per_row: usize, dot: F) -> Vec<f32>
+where
+    F: Fn(&[T], usize) -> f32 + Sync,
+{
+    let n = blocks.len() / per_row;
+    let block_bytes = size_of::<T>();
+    let segment = (SEGMENT_BYTES / block_bytes).clamp(1, per_row);
+    let chunk = chunk_rows(n);
+    let mut out = vec![0f32; n];
+    out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
+        let stripe = o.len().div_ceil(STREAMS);
+        let row = |local: usize| &blocks[(c * chunk + local) * per_row..][..per_row];
+        for j in 0..stripe {
+            // Stream `s` reads local row `s · stripe + j`; the last stripe may be short.
+            let live = (0..STREAMS)
+                .take_while(|s| s * stripe + j < o.len())
+                .count();
+            let mut acc = [0f32; STREAMS];
+            for first in (0..per_row).step_by(segment) {
+                let end = (first + segment).min(per_row);
+                for (s, a) in acc[..live].iter_mut().enumerate() {
+                    let w = &row(s * stripe + j)[first..end];
+                    prefetch(w.as_ptr().cast(), PREFETCH_BYTES, size_of_val(w));
+                    *a += dot(w, first);
+                }
+            }
+            for (s, a) in acc[..live].iter().enumerate() {
+                o[s * stripe + j] = *a;
+            }
+        }
+    });
+    out
+}
+
+/// Ask for the cache lines of `len` bytes starting `ahead` bytes past `at`.  A hint only:
+/// addresses past the matrix are harmless (prefetches never fault).
+#[inline(always)]
+fn prefetch(at: *const u8, ahead: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..len).step_by(64) {
+        let p = at.wrapping_add(ahead + line).cast::<i8>();
+        // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever `p` is.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, ahead, len);
+}
+
+/// Weight rows per parallel task out of `n`: enough chunks to balance the pool, few enough that
+/// each amortises its scheduling.
+fn chunk_rows(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (n / (threads * 8)).clamp(16, 512)
+}
+
 /// Activation rows handled per pass over a column chunk: keeps both operands in L2.
 const ROW_BLOCK: usize = 32;
 
 /// `out[i, r] = dot(i, r)` for `i < m`, `r < n`, parallel over chunks of output columns.
 fn tiled<F: Fn(usize, usize) -> f32 + Sync>(m: usize, n: usize, dot: F) -> Vec<f32> {
-    let threads = rayon::current_num_threads().max(1);
-    // Enough chunks to balance the pool, few enough that each amortises its scheduling.
-    let chunk = (n / (threads * 8)).clamp(16, 512);
-    if m == 1 {
-        let mut out = vec![0f32; n];
-        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
-            for (j, v) in o.iter_mut().enumerate() {
-                *v = dot(0, c * chunk + j);
-            }
-        });
-        return out;
-    }
+    let chunk = chunk_rows(n);
     // Column-major per chunk ([cols, m]), transposed at the end.
     let mut out_t = vec![0f32; n * m];
     out_t
