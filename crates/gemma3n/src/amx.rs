@@ -5,7 +5,9 @@
 //! cycle of AVX-512.  Each f32 operand is split into `hi`, its bf16 rounding, and `lo`, the bf16
 //! rounding of what is left, and the product is taken as `hi·hi + hi·lo + lo·hi` (oneDNN's
 //! "bf16×3" f32 mode): the terms left out are about 2⁻¹⁶ of the product.  Weights that are
-//! exact in bf16 (every released checkpoint) have no `lo` and skip that term.
+//! exact in bf16 (every released checkpoint) have no `lo` and skip that term.  Callers whose
+//! weights are quantised may also drop the activations' `lo` (a 2⁻⁹ rounding, far below the
+//! weights' own error), which halves the tile work.
 //!
 //! Only on Linux x86-64, where the process must ask the kernel for the tile state; everything
 //! else (and CPUs without AMX) keeps the caller's own path.
@@ -188,7 +190,7 @@ impl PackedWeights {
     /// `x · Wᵀ` for a row-major `[m, k]` input: a row-major `[m, n]` output, on all threads.
     /// Call only when [`available`] said yes.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let a = PackedRows::pack(x, m, self.k);
+        let a = PackedRows::pack(x, m, self.k, true);
         let (m_pad, n_pad) = (a.m_pad(), self.n.div_ceil(BLOCK) * BLOCK);
         let mut out = vec![0f32; m_pad * n_pad];
         let out_ptr = SendPtr(out.as_mut_ptr());
@@ -250,7 +252,7 @@ impl PackedWeights {
         stride: usize,
     ) {
         assert!(steps.end * K_STEP <= a.k_pad && rows.end <= a.m_pad());
-        let parts = self.parts();
+        let (parts, has_a_lo) = (self.parts(), a.has_lo);
         let strip = (a.k_pad / K_STEP) * parts * TILE;
         platform::with_tiles(|| {
             for col0 in cols.step_by(BLOCK) {
@@ -260,6 +262,7 @@ impl PackedWeights {
                     platform::block(Block {
                         a: a.as_ptr(),
                         b: b.as_ptr(),
+                        has_a_lo,
                         has_b_lo: self.has_lo,
                         c: out.at(row0 * stride + col0),
                         c_stride: stride * 4,
@@ -287,16 +290,19 @@ fn trim(mut out: Vec<f32>, m: usize, stride: usize, n: usize) -> Vec<f32> {
 
 /// `[m, k]` f32 activations as A tiles, zero-padded: `[m_pad / 32][k_pad / 32][part][tile]`,
 /// part = hi of rows 0–15, hi of rows 16–31, lo of rows 0–15, lo of rows 16–31.  Contiguous per
-/// step, so the kernel reads one sequential stream instead of 64 strided rows.
+/// step, so the kernel reads one sequential stream instead of 64 strided rows.  Without `lo`
+/// the lo tiles stay zero and are never read.
 pub struct PackedRows {
     tiles: Vec<u16>,
+    has_lo: bool,
     m: usize,
     k: usize,
     k_pad: usize,
 }
 
 impl PackedRows {
-    pub fn pack(x: &[f32], m: usize, k: usize) -> Self {
+    /// Without `keep_low` the rows are taken as their bf16 rounding.
+    pub fn pack(x: &[f32], m: usize, k: usize, keep_low: bool) -> Self {
         assert_eq!(x.len(), m * k, "input is not [m, k]");
         let k_pad = k.div_ceil(K_STEP) * K_STEP;
         let block = (k_pad / K_STEP) * 4 * TILE;
@@ -312,17 +318,26 @@ impl PackedRows {
                         let row = &x[(rb * BLOCK + r) * k + k0..][..width];
                         let at = (r / 16) * TILE + (r % 16) * K_STEP;
                         let (hi, lo) = tiles.split_at_mut(2 * TILE);
-                        for ((h, l), &v) in hi[at..at + width]
-                            .iter_mut()
-                            .zip(&mut lo[at..at + width])
-                            .zip(row)
-                        {
-                            (*h, *l) = split(v);
+                        let hi = &mut hi[at..at + width];
+                        if keep_low {
+                            for ((h, l), &v) in hi.iter_mut().zip(&mut lo[at..]).zip(row) {
+                                (*h, *l) = split(v);
+                            }
+                        } else {
+                            for (h, &v) in hi.iter_mut().zip(row) {
+                                *h = bf16_bits(v);
+                            }
                         }
                     }
                 }
             });
-        Self { tiles, m, k, k_pad }
+        Self {
+            tiles,
+            has_lo: keep_low,
+            m,
+            k,
+            k_pad,
+        }
     }
 
     fn m_pad(&self) -> usize {
@@ -358,6 +373,7 @@ impl SendPtr {
 struct Block {
     /// The A block at the first step: per step hi of the top and bottom rows, then lo.
     a: *const u16,
+    has_a_lo: bool,
     /// The B strip at the first step: per step two hi tiles, then two lo tiles if present.
     b: *const u16,
     has_b_lo: bool,
@@ -451,19 +467,25 @@ mod platform {
             2 * TILE_BYTES
         };
         for _ in 0..p.steps {
-            // hi·hi, then lo·hi.
+            // hi·hi, then lo·hi (B's tiles stay loaded between the blocks).
             asm!(
                 "tileloadd tmm4, [{a} + {s}*1]",
                 "tileloadd tmm5, [{a} + {s}*1 + 1024]",
                 "tileloadd tmm6, [{b} + {s}*1]",
                 "tileloadd tmm7, [{b} + {s}*1 + 1024]",
                 products!(),
-                "tileloadd tmm4, [{a} + {s}*1 + 2048]",
-                "tileloadd tmm5, [{a} + {s}*1 + 3072]",
-                products!(),
                 a = in(reg) a, b = in(reg) b, s = in(reg) 64usize,
                 options(nostack, readonly),
             );
+            if p.has_a_lo {
+                asm!(
+                    "tileloadd tmm4, [{a} + {s}*1 + 2048]",
+                    "tileloadd tmm5, [{a} + {s}*1 + 3072]",
+                    products!(),
+                    a = in(reg) a, s = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
             if p.has_b_lo {
                 // hi·lo.
                 asm!(
@@ -576,5 +598,27 @@ mod tests {
         assert!(!packed.has_lo);
         let err = max_rel_err(&packed.matmul(&x, m), &reference(&x, &w, m, n, k));
         assert!(err < 2e-5, "relative error {err}");
+    }
+
+    /// Activations packed without their low part multiply as their bf16 rounding, exactly.
+    #[test]
+    fn activations_without_low_part_are_their_bf16_rounding() {
+        if !available() {
+            eprintln!("no AMX on this machine: skipped");
+            return;
+        }
+        let (m, n, k) = (45, 70, 300);
+        let x = values(m * k, 5);
+        let w = values(n * k, 6);
+        let packed = PackedWeights::pack(&w, n, k);
+        let got = packed.matmul_packed(&PackedRows::pack(&x, m, k, false));
+        let rounded: Vec<f32> = x
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        let err = max_rel_err(&got, &reference(&rounded, &w, m, n, k));
+        assert!(err < 2e-5, "against the rounded inputs: {err}");
+        let err = max_rel_err(&got, &reference(&x, &w, m, n, k));
+        assert!(err > 1e-4, "the inputs were not rounded: {err}");
     }
 }

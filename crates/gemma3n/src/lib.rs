@@ -5,6 +5,7 @@
 //! `model.embed_vision` / `model.embed_audio`, [`vision`] is `model.vision_tower`, [`model`] ties them into
 //! `Gemma3nForConditionalGeneration`.
 
+mod activation;
 mod amx;
 pub mod audio;
 pub mod bench;

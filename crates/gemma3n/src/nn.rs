@@ -2,6 +2,9 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+use crate::activation::gelu_tanh;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`, with the weight used as
 /// stored (Gemma 3n has no `1 + w` offset).  Always computed in f32, result in the input dtype.
@@ -65,3 +68,25 @@ pub fn rms(x: &Tensor) -> Result<Tensor> {
 pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     (x / cap)?.tanh()? * cap
 }
+
+/// `gelu(x) · y` (tanh approximation, as `gelu_pytorch_tanh`).  f32 CPU tensors take one
+/// vectorised pass instead of candle's scalar `tanh`; anything else goes through candle.
+pub fn gelu_mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(f32_cpu(x) && f32_cpu(y)) || x.shape() != y.shape() {
+        return x.gelu()? * y;
+    }
+    let mut out = x.flatten_all()?.to_vec1::<f32>()?;
+    let y = y.flatten_all()?.to_vec1::<f32>()?;
+    out.par_chunks_mut(GELU_CHUNK)
+        .zip(y.par_chunks(GELU_CHUNK))
+        .for_each(|(o, y)| {
+            o.iter_mut()
+                .zip(y)
+                .for_each(|(o, y)| *o = gelu_tanh(*o) * y)
+        });
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// Elements per parallel task of [`gelu_mul`]: one decoding step's MLP stays on one thread.
+const GELU_CHUNK: usize = 1 << 14;

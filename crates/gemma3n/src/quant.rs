@@ -206,14 +206,15 @@ impl<T: GgmlType + 'static> Packed<T> {
     /// The prefill path on AMX tiles ([`amx`]): each task widens a tile of weight rows, packs
     /// it as bf16 tiles and multiplies every activation row with it.  Quantised and bf16
     /// weights are exact or nearly so in bf16 (the rounding is far below the quantisation
-    /// error); f32 and f16 weights keep a low part.
+    /// error), and their activations are taken in bf16 too, as llama.cpp does for bf16 weights
+    /// (its q8 activations are coarser still); f32 and f16 weights keep both low parts.
     fn matmul_amx(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (k, n) = (self.cols, self.rows);
         let per_row = k / T::BLCK_SIZE;
         // Whole AMX blocks of rows, as many as fit the widening budget.
         let tile = (TILE_FLOATS / k).clamp(32, 256) / 32 * 32;
         let keep_low = matches!(T::DTYPE, GgmlDType::F32 | GgmlDType::F16);
-        let a = amx::PackedRows::pack(x, m, k);
+        let a = amx::PackedRows::pack(x, m, k, keep_low);
         let blocks = self.blocks.as_slice();
         let parts: Vec<Vec<f32>> = (0..n.div_ceil(tile))
             .into_par_iter()

@@ -236,7 +236,7 @@ impl Module for Mlp {
             gate = Self::gaussian_top_k(&gate, k)?;
         }
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate.gelu()? * up)?)
+        self.down_proj.forward(&crate::nn::gelu_mul(&gate, &up)?)
     }
 }
 
@@ -439,12 +439,11 @@ impl DecoderLayer {
         let first = corrected.get(self.active)?;
         let gate = self
             .per_layer_input_gate
-            .forward(&self.altup.scale_corrected_output(&first)?)?
-            .gelu()?;
+            .forward(&self.altup.scale_corrected_output(&first)?)?;
         let injected = self.post_per_layer_input_norm.forward(
             &self
                 .per_layer_projection
-                .forward(&(gate * per_layer_input)?)?,
+                .forward(&crate::nn::gelu_mul(&gate, per_layer_input)?)?,
         )?;
         let n = corrected.dim(0)?;
         let streams: Vec<Tensor> = (0..n)
