@@ -400,10 +400,9 @@ impl Kernel for bf16 {
 /// `out[i, r]` for `m` activation rows, from `dot(w, first, i)`: the dot product of the weight
 /// blocks `w` (a run of row `r` starting at block `first`) with activation row `i`'s matching
 /// part.
-fn dot_rows<T: Sync, F>(p: &Packed<T>, m: usize, dot: F) -> Vec<f32>
+fn dot_rows<T: GgmlType + Sync, F>(p: &Packed<T>, m: usize, dot: F) -> Vec<f32>
 where
     F: Fn(&[T], usize, usize) -> f32 + Sync,
-    T: GgmlType,
 {
     let per_row = p.cols / T::BLCK_SIZE;
     let blocks = p.blocks.as_slice();
