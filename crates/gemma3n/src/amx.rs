@@ -223,17 +223,24 @@ impl PackedWeights {
         assert_eq!(a.k, self.k, "inputs and weights differ in width");
         let (m_pad, n_pad) = (a.m_pad(), self.n.div_ceil(BLOCK) * BLOCK);
         let mut out = vec![0f32; m_pad * n_pad];
-        // SAFETY: one task over the whole `m_pad × n_pad` buffer.
-        unsafe {
-            self.accumulate(
-                a,
-                0..m_pad,
-                0..n_pad,
-                0..a.k_pad / K_STEP,
-                SendPtr(out.as_mut_ptr()),
-                n_pad,
-            )
-        };
+        let steps = a.k_pad / K_STEP;
+        // A slice of rows and inner dimension stays in L2 while every weight column passes it:
+        // a long prompt's whole A would be fetched again for each column block.
+        for step0 in (0..steps).step_by(K_CHUNK / K_STEP) {
+            for rows in (0..m_pad).step_by(TASK_ROWS) {
+                // SAFETY: one task at a time over the whole `m_pad × n_pad` buffer.
+                unsafe {
+                    self.accumulate(
+                        a,
+                        rows..(rows + TASK_ROWS).min(m_pad),
+                        0..n_pad,
+                        step0..steps.min(step0 + K_CHUNK / K_STEP),
+                        SendPtr(out.as_mut_ptr()),
+                        n_pad,
+                    )
+                };
+            }
+        }
         trim(out, a.m, n_pad, self.n)
     }
 
