@@ -141,7 +141,7 @@ impl<T: Quantise + 'static> Packed<T> {
     }
 }
 
-impl<T: GgmlType + 'static> Packed<T> {
+impl<T: Kernel> Packed<T> {
     /// Take ready-made blocks (`rows` rows of `cols / BLCK_SIZE` blocks each) as they are.
     fn from_bytes(rows: usize, cols: usize, bytes: &[u8]) -> Self {
         let mut blocks = Blocks::<T>::zeroed(rows * (cols / T::BLCK_SIZE));
@@ -169,7 +169,7 @@ impl<T: GgmlType + 'static> Packed<T> {
                 let n = dst.len() / m;
                 w.resize(n * k, 0.0);
                 let first = t * tile * per_row;
-                T::to_float(&blocks[first..first + n * per_row], w);
+                T::widen(&blocks[first..first + n * per_row], w);
                 // dst[i, j] at i + j·m and x[i, c] at i + c·m (column-major, what the
                 // micro-kernel prefers), w[j, c] at j·k + c read as the right operand (c, j).
                 // SAFETY: the strides and sizes above describe exactly the three buffers.
@@ -202,7 +202,7 @@ impl<T: GgmlType + 'static> Packed<T> {
     }
 }
 
-impl<T: GgmlType + 'static> Packed<T> {
+impl<T: Kernel> Packed<T> {
     /// The prefill path on AMX tiles ([`amx`]): each task widens a tile of weight rows, packs
     /// it as bf16 tiles and multiplies every activation row with it.  Quantised and bf16
     /// weights are exact or nearly so in bf16 (the rounding is far below the quantisation
@@ -224,7 +224,7 @@ impl<T: GgmlType + 'static> Packed<T> {
                     let rows = tile.min(n - t * tile);
                     w.resize(rows * k, 0.0);
                     let first = t * tile * per_row;
-                    T::to_float(&blocks[first..first + rows * per_row], w);
+                    T::widen(&blocks[first..first + rows * per_row], w);
                     packed.repack(w, rows, k, keep_low);
                     packed.matmul_packed(&a)
                 },
@@ -331,8 +331,12 @@ pub fn dequantize_into(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
     })
 }
 
-/// The few-rows (decode) product of a block type.
+/// The few-rows (decode) product of a block type, and its widening for the prefill path.
 trait Kernel: GgmlType + 'static {
+    fn widen(blocks: &[Self], out: &mut [f32]) {
+        Self::to_float(blocks, out)
+    }
+
     /// Row-by-row dot products with the activations in the kernel's companion format (q8 blocks
     /// for quantised weights).
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
@@ -353,7 +357,11 @@ trait Kernel: GgmlType + 'static {
 }
 
 impl Kernel for BlockQ8_0 {}
-impl Kernel for BlockQ4K {}
+impl Kernel for BlockQ4K {
+    fn widen(blocks: &[Self], out: &mut [f32]) {
+        crate::quantise::widen_q4k(blocks, out)
+    }
+}
 impl Kernel for BlockQ6K {}
 impl Kernel for BlockQ4_0 {}
 // Further block types a GGUF file may store.
