@@ -169,7 +169,7 @@ impl<T: Kernel> Packed<T> {
                 let n = dst.len() / m;
                 w.resize(n * k, 0.0);
                 let first = t * tile * per_row;
-                T::widen(&blocks[first..first + n * per_row], w);
+                widen_prefetched(&blocks[first..first + n * per_row], w);
                 // dst[i, j] at i + j·m and x[i, c] at i + c·m (column-major, what the
                 // micro-kernel prefers), w[j, c] at j·k + c read as the right operand (c, j).
                 // SAFETY: the strides and sizes above describe exactly the three buffers.
@@ -224,7 +224,7 @@ impl<T: Kernel> Packed<T> {
                     let rows = tile.min(n - t * tile);
                     w.resize(rows * k, 0.0);
                     let first = t * tile * per_row;
-                    T::widen(&blocks[first..first + rows * per_row], w);
+                    widen_prefetched(&blocks[first..first + rows * per_row], w);
                     packed.repack(w, rows, k, keep_low);
                     packed.matmul_packed(&a)
                 },
@@ -517,6 +517,21 @@ where
         }
     });
     out
+}
+
+/// Bytes of weight blocks widened at a time by [`widen_prefetched`], and how far ahead of them
+/// it asks for the next.
+const WIDEN_STEP_BYTES: usize = 1024;
+const WIDEN_AHEAD_BYTES: usize = 4096;
+
+/// `T::widen`, requesting the cache lines a few kilobytes ahead as it goes: the prefill path
+/// widens weights straight from memory, and without this its loads were its hot spot.
+fn widen_prefetched<T: Kernel>(blocks: &[T], out: &mut [f32]) {
+    let step = (WIDEN_STEP_BYTES / size_of::<T>()).max(1);
+    for (b, o) in blocks.chunks(step).zip(out.chunks_mut(step * T::BLCK_SIZE)) {
+        prefetch(b.as_ptr().cast(), WIDEN_AHEAD_BYTES, size_of_val(b));
+        T::widen(b, o);
+    }
 }
 
 /// Ask for the cache lines of `len` bytes starting `ahead` bytes past `at`.  A hint only:
