@@ -40,19 +40,6 @@ pub fn available() -> bool {
         .get_or_init(|| std::env::var_os("GEMMA_CHAT_NO_AMX").is_none() && platform::enable_tiles())
 }
 
-/// Runs `f` on a rayon worker when AMX is in use and the caller is not a worker already.
-/// Linux enables the tile state per thread; with the caller asleep while the workers multiply,
-/// switches between it and them cost the audio tower a third of its time in the kernel
-/// (`native_write_msr`, cross-CPU calls) on this VM.  Inside the pool they stay among threads
-/// that all use the tiles.
-pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if available() && rayon::current_thread_index().is_none() {
-        rayon::scope(|_| f())
-    } else {
-        f()
-    }
-}
-
 /// `[out, in]` f32 weights laid out as AMX B tiles (bf16 pairs of the inner dimension side by
 /// side, as the tile multiply reads them), `hi` and `lo` parts interleaved per step so that a
 /// kernel streams through one contiguous strip.

@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod nn;
+mod pool;
 pub mod quant;
 mod quantise;
 pub mod text;

@@ -8,12 +8,12 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::amx;
 use crate::audio::{AudioEncoder, AudioEncoding, AudioTrace};
 use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
 use crate::loader::{Checkpoint, ProgressFn};
+use crate::pool;
 use crate::quant::WeightFormat;
 use crate::text::{TextModel, Trace};
 use crate::vision::{Arch, VisionTower};
@@ -387,8 +387,7 @@ impl Gemma3nModel {
             )));
         }
         let (embeds, ple_ids) = self.embed_inputs(ids, media)?;
-        // Prefill multiplies on AMX tiles where the CPU has them.
-        Ok(amx::on_worker(|| {
+        Ok(pool::busy(|| {
             self.text.forward_hidden(&embeds, &ple_ids, cache, trace)
         })?)
     }
@@ -400,8 +399,10 @@ impl Gemma3nModel {
         media: &MediaEmbeddings,
         cache: &mut Cache,
     ) -> Result<Tensor> {
-        let hidden = self.forward_hidden(ids, media, cache, None)?;
-        Ok(self.text.logits(&hidden)?)
+        pool::busy(|| {
+            let hidden = self.forward_hidden(ids, media, cache, None)?;
+            Ok(self.text.logits(&hidden)?)
+        })
     }
 
     /// Soft-capped logits `[B, V]` of the last position only (what generation needs).
@@ -411,9 +412,11 @@ impl Gemma3nModel {
         media: &MediaEmbeddings,
         cache: &mut Cache,
     ) -> Result<Tensor> {
-        let hidden = self.forward_hidden(ids, media, cache, None)?;
-        let t = hidden.dim(1)?;
-        Ok(self.text.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?)
+        pool::busy(|| {
+            let hidden = self.forward_hidden(ids, media, cache, None)?;
+            let t = hidden.dim(1)?;
+            Ok(self.text.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?)
+        })
     }
 }
 

@@ -9,7 +9,6 @@ mod sscp;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::amx;
 use crate::config::AudioConfig;
 use conformer::ConformerBlock;
 use sscp::SubSampleConvProjection;
@@ -57,7 +56,7 @@ impl AudioEncoder {
         valid: &Tensor,
         trace: Option<&mut AudioTrace>,
     ) -> Result<AudioEncoding> {
-        amx::on_worker(|| self.encode(mel, valid, trace))
+        crate::pool::busy(|| self.encode(mel, valid, trace))
     }
 
     fn encode(
