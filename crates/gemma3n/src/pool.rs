@@ -58,7 +58,12 @@ mod tests {
     #[test]
     fn passes_run_their_parallel_work_and_return() {
         for round in 0..200u64 {
-            let sum = busy(|| (0..10_000u64).into_par_iter().map(|v| v * round).sum::<u64>());
+            let sum = busy(|| {
+                (0..10_000u64)
+                    .into_par_iter()
+                    .map(|v| v * round)
+                    .sum::<u64>()
+            });
             assert_eq!(sum, round * 10_000 * 9_999 / 2);
         }
         // Nested passes run in place.
