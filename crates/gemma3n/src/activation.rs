@@ -11,7 +11,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 /// `tanh(z) = sign(z)·(1 − 2 / (e^{2|z|} + 1))`; beyond |z| = 10 tanh is 1 in f32.  Absolute
 /// error below 2e-7.
 #[inline(always)]
-fn tanh(z: f32) -> f32 {
+pub fn tanh(z: f32) -> f32 {
     let a = z.abs().min(10.0);
     let t = 1.0 - 2.0 / (exp_non_negative(2.0 * a) + 1.0);
     t.copysign(z)

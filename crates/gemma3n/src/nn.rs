@@ -4,7 +4,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::activation::gelu_tanh;
+use crate::activation::{gelu_tanh, tanh};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`, with the weight used as
 /// stored (Gemma 3n has no `1 + w` offset).  Always computed in f32, result in the input dtype.
@@ -64,10 +64,21 @@ pub fn rms(x: &Tensor) -> Result<Tensor> {
     x.sqr()?.mean_keepdim(D::Minus1)?.sqrt()
 }
 
-/// `cap * tanh(x / cap)`.
+/// `cap * tanh(x / cap)`.  f32 CPU tensors (the LM head's 262k logits per token) take the
+/// vectorised tanh.
 pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
-    (x / cap)?.tanh()? * cap
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        return (x / cap)?.tanh()? * cap;
+    }
+    let cap = cap as f32;
+    let mut out = x.flatten_all()?.to_vec1::<f32>()?;
+    out.par_chunks_mut(SOFTCAP_CHUNK)
+        .for_each(|o| o.iter_mut().for_each(|v| *v = cap * tanh(*v / cap)));
+    Tensor::from_vec(out, x.shape(), x.device())
 }
+
+/// Logits per parallel task of [`softcap`].
+const SOFTCAP_CHUNK: usize = 1 << 16;
 
 /// `gelu(x) · y` (tanh approximation, as `gelu_pytorch_tanh`).  f32 CPU tensors take one
 /// vectorised pass instead of candle's scalar `tanh`; anything else goes through candle.
