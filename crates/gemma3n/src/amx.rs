@@ -91,24 +91,21 @@ fn split(v: f32) -> (u16, u16) {
 impl PackedWeights {
     /// From a row-major `[n, k]` weight (`n` outputs of `k` inputs, the checkpoint layout).
     pub fn pack(weight: &[f32], n: usize, k: usize) -> Self {
-        let has_lo = weight.iter().any(|&v| split(v).1 != 0);
+        Self::pack_with(weight, n, k, true)
+    }
+
+    /// [`Self::pack`], without a low part unless `keep_low` (the values then count as their
+    /// bf16 rounding).
+    pub fn pack_with(weight: &[f32], n: usize, k: usize, keep_low: bool) -> Self {
+        let has_lo = keep_low && weight.iter().any(|&v| split(v).1 != 0);
         let mut packed = Self {
             k,
             n,
             tiles: Vec::new(),
             has_lo,
         };
-        packed.fill(weight, n, k, true);
+        packed.fill(weight, n, k);
         packed
-    }
-
-    /// Like [`Self::pack`], in this thread, reusing this buffer.  Without `keep_low` the
-    /// weights are rounded to bf16: for weights that are approximations already (dequantised
-    /// blocks), where the low part is far below the quantisation error.
-    pub fn repack(&mut self, weight: &[f32], n: usize, k: usize, keep_low: bool) {
-        let has_lo = keep_low && weight.iter().any(|&v| split(v).1 != 0);
-        (self.k, self.n, self.has_lo) = (k, n, has_lo);
-        self.fill(weight, n, k, false);
     }
 
     fn parts(&self) -> usize {
@@ -119,16 +116,12 @@ impl PackedWeights {
         }
     }
 
-    fn fill(&mut self, weight: &[f32], n: usize, k: usize, parallel: bool) {
+    fn fill(&mut self, weight: &[f32], n: usize, k: usize) {
         assert_eq!(weight.len(), n * k, "weight is not [n, k]");
         let (parts, has_lo) = (self.parts(), self.has_lo);
         let strip = k.div_ceil(K_STEP) * parts * TILE;
-        // The rounded packer writes every element of every tile, padding included; the split one
-        // skips padded columns, so it starts from zeros.
-        if has_lo {
-            self.tiles.clear();
-        }
-        self.tiles.resize(n.div_ceil(BLOCK) * strip, 0);
+        // Zeros first: the split packer skips padded columns.
+        self.tiles = vec![0; n.div_ceil(BLOCK) * strip];
         let pack_strip = |(nb, strip): (usize, &mut [u16])| {
             for (step, tiles) in strip.chunks_mut(parts * TILE).enumerate() {
                 let (k0, width) = (step * K_STEP, (k - step * K_STEP).min(K_STEP));
@@ -153,17 +146,10 @@ impl PackedWeights {
                 }
             }
         };
-        if parallel {
-            self.tiles
-                .par_chunks_mut(strip)
-                .enumerate()
-                .for_each(pack_strip);
-        } else {
-            self.tiles
-                .chunks_mut(strip)
-                .enumerate()
-                .for_each(pack_strip);
-        }
+        self.tiles
+            .par_chunks_mut(strip)
+            .enumerate()
+            .for_each(pack_strip);
     }
 
     pub fn in_dim(&self) -> usize {
@@ -246,13 +232,13 @@ impl PackedWeights {
         stride: usize,
     ) {
         assert!(steps.end * K_STEP <= a.k_pad && rows.end <= a.m_pad());
-        let (parts, has_a_lo) = (self.parts(), a.has_lo);
+        let (parts, a_parts, has_a_lo) = (self.parts(), a.parts(), a.has_lo);
         let strip = (a.k_pad / K_STEP) * parts * TILE;
         platform::with_tiles(|| {
             for col0 in cols.step_by(BLOCK) {
                 let b = &self.tiles[col0 / BLOCK * strip + steps.start * parts * TILE..];
                 for row0 in rows.clone().step_by(BLOCK) {
-                    let a = &a.tiles[row0 / BLOCK * a.block_len() + steps.start * 4 * TILE..];
+                    let a = &a.tiles[row0 / BLOCK * a.block_len() + steps.start * a_parts * TILE..];
                     platform::block(Block {
                         a: a.as_ptr(),
                         b: b.as_ptr(),
@@ -282,10 +268,10 @@ fn trim(mut out: Vec<f32>, m: usize, stride: usize, n: usize) -> Vec<f32> {
     }
 }
 
-/// `[m, k]` f32 activations as A tiles, zero-padded: `[m_pad / 32][k_pad / 32][part][tile]`,
-/// part = hi of rows 0–15, hi of rows 16–31, lo of rows 0–15, lo of rows 16–31.  Contiguous per
-/// step, so the kernel reads one sequential stream instead of 64 strided rows.  Without `lo`
-/// the lo tiles stay zero and are never read.
+/// `[m, k]` f32 rows as A tiles, zero-padded: `[m_pad / 32][k_pad / 32][part][tile]`, part =
+/// hi of rows 0–15, hi of rows 16–31, then (when kept) lo of rows 0–15, lo of rows 16–31.
+/// Contiguous per step, so the kernel reads one sequential stream instead of 64 strided rows.
+#[derive(Debug, Default)]
 pub struct PackedRows {
     tiles: Vec<u16>,
     has_lo: bool,
@@ -295,42 +281,69 @@ pub struct PackedRows {
 }
 
 impl PackedRows {
-    /// Without `keep_low` the rows are taken as their bf16 rounding.
+    /// On all threads.  Without `keep_low` the rows are taken as their bf16 rounding.
     pub fn pack(x: &[f32], m: usize, k: usize, keep_low: bool) -> Self {
+        let mut packed = Self::default();
+        packed.fill(x, m, k, keep_low, true);
+        packed
+    }
+
+    /// Like [`Self::pack`], in this thread, reusing this buffer.
+    pub fn repack(&mut self, x: &[f32], m: usize, k: usize, keep_low: bool) {
+        self.fill(x, m, k, keep_low, false);
+    }
+
+    fn fill(&mut self, x: &[f32], m: usize, k: usize, keep_low: bool, parallel: bool) {
         assert_eq!(x.len(), m * k, "input is not [m, k]");
-        let k_pad = k.div_ceil(K_STEP) * K_STEP;
-        let block = (k_pad / K_STEP) * 4 * TILE;
-        let mut tiles = vec![0u16; m.div_ceil(BLOCK) * block];
-        tiles
-            .par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(rb, tiles)| {
-                for (step, tiles) in tiles.chunks_mut(4 * TILE).enumerate() {
-                    let k0 = step * K_STEP;
-                    let width = (k - k0).min(K_STEP);
-                    for r in 0..BLOCK.min(m - rb * BLOCK) {
-                        let row = &x[(rb * BLOCK + r) * k + k0..][..width];
-                        let at = (r / 16) * TILE + (r % 16) * K_STEP;
-                        let (hi, lo) = tiles.split_at_mut(2 * TILE);
-                        let hi = &mut hi[at..at + width];
-                        if keep_low {
-                            for ((h, l), &v) in hi.iter_mut().zip(&mut lo[at..]).zip(row) {
-                                (*h, *l) = split(v);
-                            }
-                        } else {
-                            for (h, &v) in hi.iter_mut().zip(row) {
-                                *h = bf16_bits(v);
-                            }
+        (self.m, self.k, self.has_lo) = (m, k, keep_low);
+        self.k_pad = k.div_ceil(K_STEP) * K_STEP;
+        let (block, parts) = (self.block_len(), self.parts());
+        // Every element is written below, padding included: a reused buffer needs no zeroing.
+        self.tiles.resize(m.div_ceil(BLOCK) * block, 0);
+        let pack_block = |(rb, tiles): (usize, &mut [u16])| {
+            for (step, tiles) in tiles.chunks_mut(parts * TILE).enumerate() {
+                let k0 = step * K_STEP;
+                let width = (k - k0).min(K_STEP);
+                for r in 0..BLOCK {
+                    let at = (r / 16) * TILE + (r % 16) * K_STEP;
+                    let (hi, lo) = tiles.split_at_mut(2 * TILE);
+                    let hi = &mut hi[at..at + K_STEP];
+                    let row = match rb * BLOCK + r {
+                        i if i < m => &x[i * k + k0..][..width],
+                        _ => &[][..],
+                    };
+                    if keep_low {
+                        let lo = &mut lo[at..at + K_STEP];
+                        for (i, (h, l)) in hi.iter_mut().zip(lo).enumerate() {
+                            (*h, *l) = row.get(i).map_or((0, 0), |&v| split(v));
                         }
+                    } else {
+                        for (h, &v) in hi.iter_mut().zip(row) {
+                            *h = bf16_bits(v);
+                        }
+                        hi[row.len()..].fill(0);
                     }
                 }
-            });
-        Self {
-            tiles,
-            has_lo: keep_low,
-            m,
-            k,
-            k_pad,
+            }
+        };
+        if parallel {
+            self.tiles
+                .par_chunks_mut(block)
+                .enumerate()
+                .for_each(pack_block);
+        } else {
+            self.tiles
+                .chunks_mut(block)
+                .enumerate()
+                .for_each(pack_block);
+        }
+    }
+
+    fn parts(&self) -> usize {
+        if self.has_lo {
+            4
+        } else {
+            2
         }
     }
 
@@ -339,7 +352,7 @@ impl PackedRows {
     }
 
     fn block_len(&self) -> usize {
-        (self.k_pad / K_STEP) * 4 * TILE
+        (self.k_pad / K_STEP) * self.parts() * TILE
     }
 }
 
@@ -365,7 +378,7 @@ impl SendPtr {
     allow(dead_code)
 )]
 struct Block {
-    /// The A block at the first step: per step hi of the top and bottom rows, then lo.
+    /// The A block at the first step: per step hi of the top and bottom rows, then lo if present.
     a: *const u16,
     has_a_lo: bool,
     /// The B strip at the first step: per step two hi tiles, then two lo tiles if present.
@@ -492,7 +505,7 @@ mod platform {
                     options(nostack, readonly),
                 );
             }
-            a = a.byte_add(4 * TILE_BYTES);
+            a = a.byte_add(if p.has_a_lo { 4 } else { 2 } * TILE_BYTES);
             b = b.byte_add(b_step);
         }
         asm!(
@@ -592,6 +605,34 @@ mod tests {
         assert!(!packed.has_lo);
         let err = max_rel_err(&packed.matmul(&x, m), &reference(&x, &w, m, n, k));
         assert!(err < 2e-5, "relative error {err}");
+    }
+
+    /// A reused row buffer holds nothing of its previous, larger contents: padding rows and
+    /// the ragged end of the inner dimension are rewritten.
+    #[test]
+    fn repacked_rows_leave_nothing_of_the_previous_pack() {
+        if !available() {
+            eprintln!("no AMX on this machine: skipped");
+            return;
+        }
+        let mut rows = PackedRows::default();
+        let big: Vec<f32> = values(64 * 96, 7).iter().map(|v| v * 1e30).collect();
+        rows.repack(&big, 64, 96, false);
+        for keep_low in [false, true] {
+            let (m, n, k) = (37, 40, 70);
+            let (x, w) = (values(m * k, 8), values(n * k, 9));
+            rows.repack(&x, m, k, keep_low);
+            let got = PackedWeights::pack(&w, n, k).matmul_packed(&rows);
+            let x_used: Vec<f32> = if keep_low {
+                x.clone()
+            } else {
+                x.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect()
+            };
+            let err = max_rel_err(&got, &reference(&x_used, &w, m, n, k));
+            assert!(err < 2e-5, "keep_low={keep_low}: relative error {err}");
+        }
     }
 
     /// Activations packed without their low part multiply as their bf16 rounding, exactly.

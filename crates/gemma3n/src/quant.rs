@@ -214,19 +214,21 @@ impl<T: Kernel> Packed<T> {
         // Whole AMX blocks of rows, as many as fit the widening budget.
         let tile = (TILE_FLOATS / k).clamp(32, 256) / 32 * 32;
         let keep_low = matches!(T::DTYPE, GgmlDType::F32 | GgmlDType::F16);
-        let a = amx::PackedRows::pack(x, m, k, keep_low);
+        // The weight tile is the tiles' row operand, which takes rows as they are; the
+        // activations take the pair-interleaved column layout, packed once per call.
+        let acts = amx::PackedWeights::pack_with(x, m, k, keep_low);
         let blocks = self.blocks.as_slice();
         let parts: Vec<Vec<f32>> = (0..n.div_ceil(tile))
             .into_par_iter()
             .map_init(
-                || (Vec::new(), amx::PackedWeights::default()),
+                || (Vec::new(), amx::PackedRows::default()),
                 |(w, packed), t| {
                     let rows = tile.min(n - t * tile);
                     w.resize(rows * k, 0.0);
                     let first = t * tile * per_row;
                     widen_prefetched(&blocks[first..first + rows * per_row], w);
                     packed.repack(w, rows, k, keep_low);
-                    packed.matmul_packed(&a)
+                    acts.matmul_packed(packed) // [rows, m]
                 },
             )
             .collect();
@@ -234,7 +236,12 @@ impl<T: Kernel> Packed<T> {
         out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
             for (t, part) in parts.iter().enumerate() {
                 let width = part.len() / m;
-                row[t * tile..][..width].copy_from_slice(&part[i * width..][..width]);
+                for (o, p) in row[t * tile..][..width]
+                    .iter_mut()
+                    .zip(part[i..].iter().step_by(m))
+                {
+                    *o = *p;
+                }
             }
         });
         out
