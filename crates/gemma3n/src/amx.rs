@@ -16,6 +16,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::quant::RowSource;
+
 /// Smallest weight side worth packing.  Below it the f32 path is as quick, and more exact: the
 /// bf16×3 error (about 4e-6 relative) matches f32's own rounding only once a dot product sums
 /// a few hundred terms.
@@ -283,45 +285,49 @@ pub struct PackedRows {
 impl PackedRows {
     /// On all threads.  Without `keep_low` the rows are taken as their bf16 rounding.
     pub fn pack(x: &[f32], m: usize, k: usize, keep_low: bool) -> Self {
+        assert_eq!(x.len(), m * k, "input is not [m, k]");
         let mut packed = Self::default();
-        packed.fill(x, m, k, keep_low, true);
+        let row = |i: usize, row: &mut [f32]| row.copy_from_slice(&x[i * k..][..k]);
+        packed.fill(m, k, keep_low, true, &row);
         packed
     }
 
-    /// Like [`Self::pack`], in this thread, reusing this buffer.
-    pub fn repack(&mut self, x: &[f32], m: usize, k: usize, keep_low: bool) {
-        self.fill(x, m, k, keep_low, false);
+    /// Like [`Self::pack`], in this thread, reusing this buffer, with row `i` written by
+    /// `row(i, buf)`: a caller that produces its rows (widening stored weights) then needs no
+    /// `[m, k]` buffer of its own, and each row is packed while it is still in L1.
+    pub fn repack_rows(&mut self, m: usize, k: usize, keep_low: bool, row: RowSource) {
+        self.fill(m, k, keep_low, false, row);
     }
 
-    fn fill(&mut self, x: &[f32], m: usize, k: usize, keep_low: bool, parallel: bool) {
-        assert_eq!(x.len(), m * k, "input is not [m, k]");
+    fn fill(&mut self, m: usize, k: usize, keep_low: bool, parallel: bool, row: RowSource) {
         (self.m, self.k, self.has_lo) = (m, k, keep_low);
         self.k_pad = k.div_ceil(K_STEP) * K_STEP;
-        let (block, parts) = (self.block_len(), self.parts());
+        let (block, parts, k_pad) = (self.block_len(), self.parts(), self.k_pad);
         // Every element is written below, padding included: a reused buffer needs no zeroing.
         self.tiles.resize(m.div_ceil(BLOCK) * block, 0);
-        let pack_block = |(rb, tiles): (usize, &mut [u16])| {
-            for (step, tiles) in tiles.chunks_mut(parts * TILE).enumerate() {
-                let k0 = step * K_STEP;
-                let width = (k - k0).min(K_STEP);
-                for r in 0..BLOCK {
-                    let at = (r / 16) * TILE + (r % 16) * K_STEP;
+        let pack_block = |values: &mut Vec<f32>, (rb, tiles): (usize, &mut [u16])| {
+            values.resize(k_pad, 0.0);
+            for r in 0..BLOCK {
+                match rb * BLOCK + r {
+                    i if i < m => {
+                        row(i, &mut values[..k]);
+                        values[k..].fill(0.0);
+                    }
+                    _ => values.fill(0.0),
+                }
+                let at = (r / 16) * TILE + (r % 16) * K_STEP;
+                for (tiles, values) in tiles.chunks_mut(parts * TILE).zip(values.chunks(K_STEP)) {
                     let (hi, lo) = tiles.split_at_mut(2 * TILE);
                     let hi = &mut hi[at..at + K_STEP];
-                    let row = match rb * BLOCK + r {
-                        i if i < m => &x[i * k + k0..][..width],
-                        _ => &[][..],
-                    };
                     if keep_low {
                         let lo = &mut lo[at..at + K_STEP];
-                        for (i, (h, l)) in hi.iter_mut().zip(lo).enumerate() {
-                            (*h, *l) = row.get(i).map_or((0, 0), |&v| split(v));
+                        for ((h, l), &v) in hi.iter_mut().zip(lo).zip(values) {
+                            (*h, *l) = split(v);
                         }
                     } else {
-                        for (h, &v) in hi.iter_mut().zip(row) {
+                        for (h, &v) in hi.iter_mut().zip(values) {
                             *h = bf16_bits(v);
                         }
-                        hi[row.len()..].fill(0);
                     }
                 }
             }
@@ -330,12 +336,12 @@ impl PackedRows {
             self.tiles
                 .par_chunks_mut(block)
                 .enumerate()
-                .for_each(pack_block);
+                .for_each_init(Vec::new, pack_block);
         } else {
-            self.tiles
-                .chunks_mut(block)
-                .enumerate()
-                .for_each(pack_block);
+            let mut values = Vec::new();
+            for rows in self.tiles.chunks_mut(block).enumerate() {
+                pack_block(&mut values, rows);
+            }
         }
     }
 
@@ -563,6 +569,17 @@ mod tests {
         out
     }
 
+    /// The rows of a row-major `[_, k]` matrix, as a row source.
+    fn rows_of(x: &[f32], k: usize) -> impl Fn(usize, &mut [f32]) + Sync + '_ {
+        move |i, row| row.copy_from_slice(&x[i * k..][..k])
+    }
+
+    fn bf16_rounded(x: &[f32]) -> Vec<f32> {
+        x.iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect()
+    }
+
     /// Largest error relative to the largest reference value.
     fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
         let scale = want.iter().fold(0f64, |s, v| s.max(v.abs()));
@@ -597,10 +614,7 @@ mod tests {
         }
         let (m, n, k) = (40, 70, 200);
         let x = values(m * k, 3);
-        let w: Vec<f32> = values(n * k, 4)
-            .into_iter()
-            .map(|v| half::bf16::from_f32(v).to_f32())
-            .collect();
+        let w = bf16_rounded(&values(n * k, 4));
         let packed = PackedWeights::pack(&w, n, k);
         assert!(!packed.has_lo);
         let err = max_rel_err(&packed.matmul(&x, m), &reference(&x, &w, m, n, k));
@@ -617,18 +631,16 @@ mod tests {
         }
         let mut rows = PackedRows::default();
         let big: Vec<f32> = values(64 * 96, 7).iter().map(|v| v * 1e30).collect();
-        rows.repack(&big, 64, 96, false);
+        rows.repack_rows(64, 96, false, &rows_of(&big, 96));
         for keep_low in [false, true] {
             let (m, n, k) = (37, 40, 70);
             let (x, w) = (values(m * k, 8), values(n * k, 9));
-            rows.repack(&x, m, k, keep_low);
+            rows.repack_rows(m, k, keep_low, &rows_of(&x, k));
             let got = PackedWeights::pack(&w, n, k).matmul_packed(&rows);
-            let x_used: Vec<f32> = if keep_low {
+            let x_used = if keep_low {
                 x.clone()
             } else {
-                x.iter()
-                    .map(|&v| half::bf16::from_f32(v).to_f32())
-                    .collect()
+                bf16_rounded(&x)
             };
             let err = max_rel_err(&got, &reference(&x_used, &w, m, n, k));
             assert!(err < 2e-5, "keep_low={keep_low}: relative error {err}");
@@ -647,11 +659,7 @@ mod tests {
         let w = values(n * k, 6);
         let packed = PackedWeights::pack(&w, n, k);
         let got = packed.matmul_packed(&PackedRows::pack(&x, m, k, false));
-        let rounded: Vec<f32> = x
-            .iter()
-            .map(|&v| half::bf16::from_f32(v).to_f32())
-            .collect();
-        let err = max_rel_err(&got, &reference(&rounded, &w, m, n, k));
+        let err = max_rel_err(&got, &reference(&bf16_rounded(&x), &w, m, n, k));
         assert!(err < 2e-5, "against the rounded inputs: {err}");
         let err = max_rel_err(&got, &reference(&x, &w, m, n, k));
         assert!(err > 1e-4, "the inputs were not rounded: {err}");

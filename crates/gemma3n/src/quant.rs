@@ -1,10 +1,12 @@
 //! Linear layers whose weights are stored packed (bf16 or a ggml block quantisation) on the CPU.
 //!
 //! Decoding (one activation row) uses candle's dot-product kernels on the packed rows
-//! (`candle_core::quantized::k_quants`), split by output columns across the rayon pool: it reads
-//! each weight once, at memory bandwidth.  Prefill (many rows) is arithmetic-bound instead: each
-//! task widens a tile of weight rows to f32 once, while it is in cache, and multiplies the whole
-//! activation block with it through the `gemm` crate's register-blocked f32 kernels.
+//! (`candle_core::quantized::k_quants`; our own for bf16), split by output rows across the rayon
+//! pool and streamed four rows at a time with prefetching ([`streamed`]): it is bound by how fast
+//! the weights arrive.  Prefill (many rows) is arithmetic-bound instead: each task widens a tile
+//! of weight rows once, while it is in cache, and multiplies the whole activation block with it,
+//! on AMX tiles where the CPU has them ([`amx`]), otherwise through the `gemm` crate's
+//! register-blocked f32 kernels.
 
 use std::fmt;
 use std::str::FromStr;
@@ -220,17 +222,15 @@ impl<T: Kernel> Packed<T> {
         let blocks = self.blocks.as_slice();
         let parts: Vec<Vec<f32>> = (0..n.div_ceil(tile))
             .into_par_iter()
-            .map_init(
-                || (Vec::new(), amx::PackedRows::default()),
-                |(w, packed), t| {
-                    let rows = tile.min(n - t * tile);
-                    w.resize(rows * k, 0.0);
-                    let first = t * tile * per_row;
-                    widen_prefetched(&blocks[first..first + rows * per_row], w);
-                    packed.repack(w, rows, k, keep_low);
-                    acts.matmul_packed(packed) // [rows, m]
-                },
-            )
+            .map_init(amx::PackedRows::default, |packed, t| {
+                let (first, rows) = (t * tile, tile.min(n - t * tile));
+                // Each row is widened into L1 and packed from there.
+                let row = |r: usize, out: &mut [f32]| {
+                    widen_prefetched(&blocks[(first + r) * per_row..][..per_row], out)
+                };
+                packed.repack_rows(rows, k, keep_low, &row);
+                acts.matmul_packed(packed) // [rows, m]
+            })
             .collect();
         let mut out = vec![0f32; m * n];
         out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
