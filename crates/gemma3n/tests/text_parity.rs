@@ -194,3 +194,15 @@ fn rolling_cache_matches_a_full_pass_far_past_the_window() {
     assert_eq!(cache.seq_len(), 0);
     run(&mut cache, 0, 12);
 }
+
+/// Q has the widths the packed CPU formats take (hidden 256), so it is the quantised-agreement
+/// checkpoint; its f32 path must match the reference like the others.
+#[test]
+fn text_forward_matches_reference_q() {
+    full_forward_matches("Q");
+}
+
+#[test]
+fn text_greedy_matches_reference_q() {
+    greedy_matches("Q", "text");
+}
