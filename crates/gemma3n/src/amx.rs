@@ -547,6 +547,14 @@ mod platform {
 mod tests {
     use super::*;
 
+    /// True, with a note, where this machine cannot run the tile tests.
+    fn skipped_without_amx() -> bool {
+        if !available() {
+            eprintln!("no AMX on this machine: skipped");
+        }
+        !available()
+    }
+
     fn values(len: usize, seed: u32) -> Vec<f32> {
         // A cheap deterministic spread of values, exponents varied so bf16 rounding matters.
         (0..len as u32)
@@ -591,8 +599,7 @@ mod tests {
 
     #[test]
     fn products_match_f32_at_ragged_shapes() {
-        if !available() {
-            eprintln!("no AMX on this machine: skipped");
+        if skipped_without_amx() {
             return;
         }
         // Shapes off every block size, and an inner dimension past one K chunk.
@@ -608,8 +615,7 @@ mod tests {
 
     #[test]
     fn bf16_exact_weights_skip_the_low_part_and_stay_exact() {
-        if !available() {
-            eprintln!("no AMX on this machine: skipped");
+        if skipped_without_amx() {
             return;
         }
         let (m, n, k) = (40, 70, 200);
@@ -625,8 +631,7 @@ mod tests {
     /// the ragged end of the inner dimension are rewritten.
     #[test]
     fn repacked_rows_leave_nothing_of_the_previous_pack() {
-        if !available() {
-            eprintln!("no AMX on this machine: skipped");
+        if skipped_without_amx() {
             return;
         }
         let mut rows = PackedRows::default();
@@ -650,8 +655,7 @@ mod tests {
     /// Activations packed without their low part multiply as their bf16 rounding, exactly.
     #[test]
     fn activations_without_low_part_are_their_bf16_rounding() {
-        if !available() {
-            eprintln!("no AMX on this machine: skipped");
+        if skipped_without_amx() {
             return;
         }
         let (m, n, k) = (45, 70, 300);

@@ -375,6 +375,17 @@ impl Gemma3nModel {
         cache: &mut Cache,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
+        pool::busy(|| self.hidden(ids, media, cache, trace))
+    }
+
+    /// [`Self::forward_hidden`] in the calling thread (callers run it inside [`pool::busy`]).
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        media: &MediaEmbeddings,
+        cache: &mut Cache,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
         let t = ids.dim(1)?;
         if t == 0 {
             return Err(Error::Input("no tokens to run".into()));
@@ -387,9 +398,7 @@ impl Gemma3nModel {
             )));
         }
         let (embeds, ple_ids) = self.embed_inputs(ids, media)?;
-        Ok(pool::busy(|| {
-            self.text.forward_hidden(&embeds, &ple_ids, cache, trace)
-        })?)
+        Ok(self.text.forward_hidden(&embeds, &ple_ids, cache, trace)?)
     }
 
     /// Soft-capped logits `[B, T, V]` (f32) for every position.
@@ -400,7 +409,7 @@ impl Gemma3nModel {
         cache: &mut Cache,
     ) -> Result<Tensor> {
         pool::busy(|| {
-            let hidden = self.forward_hidden(ids, media, cache, None)?;
+            let hidden = self.hidden(ids, media, cache, None)?;
             Ok(self.text.logits(&hidden)?)
         })
     }
@@ -413,7 +422,7 @@ impl Gemma3nModel {
         cache: &mut Cache,
     ) -> Result<Tensor> {
         pool::busy(|| {
-            let hidden = self.forward_hidden(ids, media, cache, None)?;
+            let hidden = self.hidden(ids, media, cache, None)?;
             let t = hidden.dim(1)?;
             Ok(self.text.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?)
         })

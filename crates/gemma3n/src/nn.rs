@@ -67,30 +67,35 @@ pub fn rms(x: &Tensor) -> Result<Tensor> {
 /// `cap * tanh(x / cap)`.  f32 CPU tensors (the LM head's 262k logits per token) take the
 /// vectorised tanh.
 pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
-    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+    if !f32_on_cpu(x) {
         return (x / cap)?.tanh()? * cap;
     }
     let cap = cap as f32;
     let mut out = x.flatten_all()?.to_vec1::<f32>()?;
-    out.par_chunks_mut(SOFTCAP_CHUNK)
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
         .for_each(|o| o.iter_mut().for_each(|v| *v = cap * tanh(*v / cap)));
     Tensor::from_vec(out, x.shape(), x.device())
 }
 
-/// Logits per parallel task of [`softcap`].
-const SOFTCAP_CHUNK: usize = 1 << 16;
+/// Whether `t` takes the vectorised CPU element-wise paths below.
+fn f32_on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Elements per parallel task of the element-wise paths: one decoding step's MLP stays on one
+/// thread.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// `gelu(x) · y` (tanh approximation, as `gelu_pytorch_tanh`).  f32 CPU tensors take one
 /// vectorised pass instead of candle's scalar `tanh`; anything else goes through candle.
 pub fn gelu_mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !(f32_cpu(x) && f32_cpu(y)) || x.shape() != y.shape() {
+    if !(f32_on_cpu(x) && f32_on_cpu(y)) || x.shape() != y.shape() {
         return x.gelu()? * y;
     }
     let mut out = x.flatten_all()?.to_vec1::<f32>()?;
     let y = y.flatten_all()?.to_vec1::<f32>()?;
-    out.par_chunks_mut(GELU_CHUNK)
-        .zip(y.par_chunks(GELU_CHUNK))
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(y.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|(o, y)| {
             o.iter_mut()
                 .zip(y)
@@ -98,6 +103,3 @@ pub fn gelu_mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
         });
     Tensor::from_vec(out, x.shape(), x.device())
 }
-
-/// Elements per parallel task of [`gelu_mul`]: one decoding step's MLP stays on one thread.
-const GELU_CHUNK: usize = 1 << 14;
