@@ -7,9 +7,10 @@
 //! ([`crate::Checkpoint::linear`]); the embedding tables are gathered from the map a row at a
 //! time, decoding each row.
 
+mod header;
+
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -111,8 +112,9 @@ pub fn is_gguf(path: &Path) -> bool {
 /// released models' values).
 pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
     let bad = |why: String| Error::Checkpoint(format!("{}: {why}", path.display()));
-    let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
-    let content = Content::read(&mut BufReader::new(&file))
+    let (handle, map) = map_file(path)?;
+    header::check(&map).map_err(bad)?;
+    let content = Content::read(&mut Cursor::new(&map[..]))
         .map_err(|e| bad(format!("not a GGUF file this loader can read: {e}")))?;
     let meta = Metadata {
         content: &content,
@@ -124,10 +126,10 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
             "a GGUF of architecture {arch:?}; only Gemma 3n (gemma3n) is supported"
         )));
     }
-    let (handle, map) = map_file(path)?;
     let mut index = HashMap::new();
     for (name, info) in &content.tensor_infos {
         let shape = info.shape.dims().to_vec();
+        // The header check bounds the element count.
         let elements: usize = shape.iter().product();
         let cols = shape.last().copied().unwrap_or(1);
         let bytes = ggml_bytes(info.ggml_dtype, cols)
@@ -138,12 +140,16 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
                     info.ggml_dtype
                 ))
             })?;
-        let start = (content.tensor_data_offset + info.offset) as usize;
-        if start + bytes > map.len() {
-            return Err(bad(format!(
-                "tensor {name} ends past the end of the file (truncated download?)"
-            )));
-        }
+        let start = content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|start| usize::try_from(start).ok())
+            .filter(|start| start.checked_add(bytes).is_some_and(|end| end <= map.len()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor {name} ends past the end of the file (truncated download?)"
+                ))
+            })?;
         // Block structs are read in place: their fields need (at most) 4-byte alignment.
         if !start.is_multiple_of(4) {
             return Err(bad(format!("tensor {name} is not aligned")));
@@ -154,26 +160,25 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
             GgmlDType::F32 => Encoding::Float(DType::F32),
             other => Encoding::Blocks(other),
         };
-        let entry = |start: usize, shape: Vec<usize>| {
-            let len = shape.iter().product::<usize>();
-            Entry {
-                file: 0,
-                start,
-                end: start + bytes * len / elements,
-                encoding,
-                shape,
-            }
+        let entry = |start: usize, len: usize, shape: Vec<usize>| Entry {
+            file: 0,
+            start,
+            end: start + len,
+            encoding,
+            shape,
         };
         if let Some((_, ours)) = STACKED_TENSORS.iter().find(|(g, _)| g == name) {
             let [n, rows, cols] = shape[..] else {
                 return Err(bad(format!("{name} is {shape:?}; expected [N-1, D, D]")));
             };
+            // Whole rows of blocks, so each of the `n` matrices takes the same bytes.
+            let matrix = bytes / n.max(1);
             for i in 0..n {
-                let slice = entry(start + i * bytes / n, vec![rows, cols]);
+                let slice = entry(start + i * matrix, matrix, vec![rows, cols]);
                 index.insert(format!("{PREFIX}.{ours}.{i}.weight"), slice);
             }
         } else if let Some(ours) = hf_name(name) {
-            index.insert(ours, entry(start, shape));
+            index.insert(ours, entry(start, bytes, shape));
         }
     }
     let text = text_config(&meta, &index).map_err(|e| bad(e.to_string()))?;

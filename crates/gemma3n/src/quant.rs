@@ -318,9 +318,10 @@ macro_rules! with_block_type {
 
 /// Bytes of `elements` values stored as `dtype`; `None` when its blocks do not divide them.
 pub fn ggml_bytes(dtype: GgmlDType, elements: usize) -> Option<usize> {
-    elements
-        .is_multiple_of(dtype.block_size())
-        .then(|| elements / dtype.block_size() * dtype.type_size())
+    if !elements.is_multiple_of(dtype.block_size()) {
+        return None;
+    }
+    (elements / dtype.block_size()).checked_mul(dtype.type_size())
 }
 
 /// Decode `out.len()` values stored as `dtype` in `bytes` (exactly `ggml_bytes` long, aligned
