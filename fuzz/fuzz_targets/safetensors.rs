@@ -15,7 +15,10 @@ const SHARD: &str = "model-00001-of-00001.safetensors";
 fuzz_target!(|data: &[u8]| {
     static SHARD_WRITTEN: Once = Once::new();
     SHARD_WRITTEN.call_once(|| {
-        scratch_file(SHARD, include_bytes!("../corpus/safetensors/two_tensors.safetensors"));
+        scratch_file(
+            SHARD,
+            include_bytes!("../corpus/safetensors/two_tensors.safetensors"),
+        );
     });
     let dir = scratch_dir();
     let (written, other) = if data.first() == Some(&b'{') {

@@ -59,14 +59,19 @@ pub fn read_tensors(checkpoint: &gemma3n::Checkpoint) {
         let Ok(tensor) = checkpoint.get_unchecked(name, DType::F32, &device) else {
             continue;
         };
-        if let (Some(prefix), &[rows, cols]) = (name.strip_suffix(".weight"), tensor.dims()) {
+        // The model applies layers to inputs of the config's width; an empty matrix (which
+        // may claim any width) has no such input here.
+        let dims = tensor.dims();
+        if let (Some(prefix), &[rows, cols], false) =
+            (name.strip_suffix(".weight"), dims, tensor.elem_count() == 0)
+        {
             if let Ok(linear) = checkpoint.linear(cols, rows, Default::default(), vb.pp(prefix)) {
                 if let Ok(x) = Tensor::ones((1, cols), DType::F32, &device) {
                     let _ = linear.forward(&x);
                 }
             }
         }
-        if let Ok(table) = checkpoint.table(name) {
+        if let Some(table) = checkpoint.table(name).ok().filter(|t| t.rows() > 0) {
             let mut row = vec![0f32; table.cols()];
             for id in [0, table.rows().saturating_sub(1)] {
                 if id < table.rows() {

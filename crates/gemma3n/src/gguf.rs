@@ -158,6 +158,12 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
         // f32 ones take the dense path, like a safetensors checkpoint.
         let encoding = match info.ggml_dtype {
             GgmlDType::F32 => Encoding::Float(DType::F32),
+            // candle cannot decode it (it is llama.cpp's format for activations, not weights).
+            GgmlDType::Q8_1 => {
+                return Err(bad(format!(
+                    "tensor {name} is stored as Q8_1, which is not supported"
+                )))
+            }
             other => Encoding::Blocks(other),
         };
         let entry = |start: usize, len: usize, shape: Vec<usize>| Entry {
@@ -171,6 +177,14 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
             let [n, rows, cols] = shape[..] else {
                 return Err(bad(format!("{name} is {shape:?}; expected [N-1, D, D]")));
             };
+            // One entry per matrix: a count from a damaged file would take forever.
+            let inputs = meta.count("gemma3n.altup.num_inputs")?;
+            if n.checked_add(1) != Some(inputs) {
+                return Err(bad(format!(
+                    "{name} stacks {n} matrices; altup.num_inputs {inputs} needs {}",
+                    inputs.saturating_sub(1)
+                )));
+            }
             // Whole rows of blocks, so each of the `n` matrices takes the same bytes.
             let matrix = bytes / n.max(1);
             for i in 0..n {

@@ -16,10 +16,10 @@ const ARRAY: u32 = 9;
 /// Bytes of a fixed-size GGUF value type; `None` for strings and arrays.
 fn scalar_size(value_type: u32) -> Option<usize> {
     Some(match value_type {
-        0 | 1 | 7 => 1,  // u8, i8, bool
-        2 | 3 => 2,      // u16, i16
-        4..=6 => 4,      // u32, i32, f32
-        10..=12 => 8,    // u64, i64, f64
+        0 | 1 | 7 => 1, // u8, i8, bool
+        2 | 3 => 2,     // u16, i16
+        4..=6 => 4,     // u32, i32, f32
+        10..=12 => 8,   // u64, i64, f64
         _ => return None,
     })
 }
@@ -92,9 +92,10 @@ impl<'a> Reader<'a> {
                 let element_type = self.u32(key)?;
                 let len = self.count(key)?;
                 // Every element takes at least this many bytes, so the count is bounded by them.
+                let length_field = if self.wide { 8 } else { 4 };
                 let min_size = match element_type {
-                    STRING => if self.wide { 8 } else { 4 },
-                    ARRAY => if self.wide { 12 } else { 8 },
+                    STRING => length_field,
+                    ARRAY => 4 + length_field,
                     other => scalar_size(other)
                         .ok_or_else(|| format!("{key} holds values of unknown type {other}"))?,
                 };
@@ -141,7 +142,9 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
         if key == "general.alignment" {
             // candle rounds the data offset up to it; 0 would divide by zero.
             if let Some(alignment) = value.filter(|&a| !a.is_power_of_two()) {
-                return Err(format!("general.alignment {alignment} is not a power of two"));
+                return Err(format!(
+                    "general.alignment {alignment} is not a power of two"
+                ));
             }
         }
     }
@@ -165,7 +168,9 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
                 .and_then(|d| elements?.checked_mul(d));
         }
         if elements.is_none() {
-            return Err(format!("tensor {name} has more elements than memory can address"));
+            return Err(format!(
+                "tensor {name} has more elements than memory can address"
+            ));
         }
         r.take(4 + 8, &name)?; // type and data offset
     }
