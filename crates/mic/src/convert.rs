@@ -17,6 +17,10 @@ pub struct Level {
 /// Input frames per resampling block (at least); the filter spans one block.
 const BLOCK: usize = 2048;
 
+/// Device rates accepted (the audio front end's range): a block spans a whole number of
+/// `rate/gcd` periods, so an absurd rate would plan an FFT of gigabytes.
+const RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
 pub struct Converter {
     channels: usize,
     rate: u32,
@@ -32,9 +36,11 @@ pub struct Converter {
 impl Converter {
     /// A converter for `channels`-channel audio at `rate` Hz keeping at most `max_seconds`.
     pub fn new(rate: u32, channels: usize, max_seconds: f64) -> Result<Self, MicError> {
-        if rate == 0 || channels == 0 {
+        if !RATES.contains(&rate) || channels == 0 {
             return Err(MicError::Convert(format!(
-                "cannot capture {channels} channels at {rate} Hz"
+                "cannot capture {channels} channels at {rate} Hz (rates of {} to {} Hz are supported)",
+                RATES.start(),
+                RATES.end()
             )));
         }
         if max_seconds.is_nan() || max_seconds <= 0.0 {
@@ -143,5 +149,23 @@ fn gcd(a: u32, b: u32) -> u32 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/ mic_convert): a device rate of 2.67 GHz planned a resampler
+    /// FFT of gigabytes instead of being refused.
+    #[test]
+    fn absurd_device_rates_are_refused() {
+        for rate in [0, 999, 768_001, 2_666_872_448, u32::MAX] {
+            let err = Converter::new(rate, 1, 30.0).err().expect("refused");
+            assert!(err.to_string().contains(&format!("at {rate} Hz")), "{err}");
+        }
+        for rate in [1_000, 44_100, 768_000] {
+            assert!(Converter::new(rate, 2, 1.0).is_ok(), "{rate} Hz");
+        }
     }
 }
