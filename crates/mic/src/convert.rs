@@ -94,7 +94,15 @@ impl Converter {
             .chunks_exact(self.channels)
             .take(room)
             .map(|frame| {
-                frame.iter().map(|&s| f32::from_sample(s)).sum::<f32>() / self.channels as f32
+                let mean =
+                    frame.iter().map(|&s| f32::from_sample(s)).sum::<f32>() / self.channels as f32;
+                // A NaN or infinite float sample would make the resampler panic; treat it as
+                // a dropout.
+                if mean.is_finite() {
+                    mean
+                } else {
+                    0.0
+                }
             })
             .collect();
         self.frames += mono.len() as u64;
@@ -167,5 +175,18 @@ mod tests {
         for rate in [1_000, 44_100, 768_000] {
             assert!(Converter::new(rate, 2, 1.0).is_ok(), "{rate} Hz");
         }
+    }
+
+    /// Found by fuzzing: a NaN sample made the resampler panic in `finish`.
+    #[test]
+    fn non_finite_samples_become_silence() {
+        let mut c = Converter::new(48_000, 1, 1.0).unwrap();
+        let mut samples = vec![0.25f32; 4800];
+        samples[7] = f32::NAN;
+        samples[9] = f32::INFINITY;
+        c.push(&samples).unwrap();
+        let out = c.finish().unwrap();
+        assert_eq!(out.len(), 1600);
+        assert!(out.iter().all(|s| s.is_finite()));
     }
 }
