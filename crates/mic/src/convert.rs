@@ -96,10 +96,10 @@ impl Converter {
             .map(|frame| {
                 let mean =
                     frame.iter().map(|&s| f32::from_sample(s)).sum::<f32>() / self.channels as f32;
-                // A NaN or infinite float sample would make the resampler panic; treat it as
-                // a dropout.
+                // Float devices may deliver NaN, infinite or huge values, which make the
+                // resampler's FFT panic: a non-finite sample is a dropout, the rest is clipped.
                 if mean.is_finite() {
-                    mean
+                    mean.clamp(-1.0, 1.0)
                 } else {
                     0.0
                 }
@@ -177,16 +177,17 @@ mod tests {
         }
     }
 
-    /// Found by fuzzing: a NaN sample made the resampler panic in `finish`.
+    /// Found by fuzzing: a NaN or huge sample made the resampler panic in `finish`.
     #[test]
-    fn non_finite_samples_become_silence() {
+    fn non_finite_samples_become_silence_and_huge_ones_are_clipped() {
         let mut c = Converter::new(48_000, 1, 1.0).unwrap();
         let mut samples = vec![0.25f32; 4800];
         samples[7] = f32::NAN;
         samples[9] = f32::INFINITY;
+        samples[11] = f32::MAX;
         c.push(&samples).unwrap();
         let out = c.finish().unwrap();
         assert_eq!(out.len(), 1600);
-        assert!(out.iter().all(|s| s.is_finite()));
+        assert!(out.iter().all(|s| s.is_finite() && s.abs() < 2.0));
     }
 }
