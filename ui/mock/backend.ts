@@ -2,7 +2,7 @@
 // Tests steer it through `window.__mock`.
 import { emit } from '@tauri-apps/api/event';
 import { mockIPC } from '@tauri-apps/api/mocks';
-import type { Attachment, Conversation, DownloadEvent, ModelStatus, ModelsOverview, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
+import type { ApiServerSettings, ApiServerStatus, Attachment, Conversation, DownloadEvent, ModelStatus, ModelsOverview, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
 
 interface MockControl {
   /** Pieces of the next replies. */
@@ -20,6 +20,10 @@ interface MockControl {
   loadStopsAt: number | null;
   /** What the native folder picker answers: the chosen folder, or null for Cancel. */
   folderPick: string | null;
+  /** The Local API server's saved settings. */
+  apiServer: ApiServerSettings;
+  /** A port another program holds: switching the server on there fails. */
+  takenPort: number | null;
 }
 
 declare global {
@@ -52,6 +56,8 @@ const control: MockControl = {
   downloadFails: false,
   loadStopsAt: null,
   folderPick: null,
+  apiServer: { enabled: false, port: 8080 },
+  takenPort: null,
 };
 window.__mock = control;
 
@@ -116,6 +122,18 @@ async function loadModel(path: string): Promise<void> {
   if (control.loadStopsAt != null) return setModelStatus({ state: 'loading', path, progress: control.loadStopsAt });
   const repo = /models--(.+?)\/snapshots\//.exec(path)?.[1].replace('--', '/');
   await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults } });
+}
+
+/** As the backend reports it: serving when on, unless the port is taken. */
+function apiServerStatus(): ApiServerStatus {
+  const { enabled, port } = control.apiServer;
+  const taken = enabled && port === control.takenPort;
+  return {
+    settings: { ...control.apiServer },
+    url: enabled && !taken ? `http://127.0.0.1:${port}/v1` : null,
+    model: 'gemma-3n',
+    error: taken ? { kind: 'apiServer', message: `port ${port} on 127.0.0.1 is already in use by another program; choose another port` } : null,
+  };
 }
 
 let cancelDownload = false;
@@ -264,6 +282,14 @@ mockIPC(async (cmd, raw) => {
       return null;
     case 'export_conversation':
       return { path: `/tmp/export-${args.conversationId}.${args.format === 'json' ? 'json' : 'md'}`, content: '' };
+    case 'api_server_status':
+      return apiServerStatus();
+    case 'set_api_server': {
+      const { enabled, port } = args.settings as ApiServerSettings;
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw { kind: 'invalidInput', message: 'the port must be a whole number from 1 to 65535' };
+      control.apiServer = { enabled, port };
+      return apiServerStatus();
+    }
     case 'start_recording':
       throw { kind: 'recording', message: 'recording is not available in this build' };
     default:

@@ -124,6 +124,22 @@ export type DownloadEvent =
   | { event: 'cancelled' }
   | { event: 'error'; error: AppError };
 
+/** The Local API server's switch and port, as saved. */
+export interface ApiServerSettings {
+  enabled: boolean;
+  port: number;
+}
+
+export interface ApiServerStatus {
+  settings: ApiServerSettings;
+  /** While serving: the API's base URL, e.g. `http://127.0.0.1:8080/v1`. */
+  url: string | null;
+  /** The model name clients send. */
+  model: string;
+  /** Why it is not serving though switched on (say, the port is taken). */
+  error: AppError | null;
+}
+
 /** Errors from the backend arrive as `{kind, message}`; anything else is wrapped. */
 export function asAppError(e: unknown): AppError {
   if (e && typeof e === 'object' && 'kind' in e && 'message' in e) {
@@ -198,4 +214,6 @@ export const api = {
   },
   stopRecording: () => invoke<Attachment>('stop_recording'),
   cancelRecording: () => invoke<void>('cancel_recording'),
+  apiServerStatus: () => invoke<ApiServerStatus>('api_server_status'),
+  setApiServer: (settings: ApiServerSettings) => invoke<ApiServerStatus>('set_api_server', { settings }),
 };
