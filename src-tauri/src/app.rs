@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use engine::chat::{Message, Part, Role as EngineRole};
 use serde::Serialize;
 
+use crate::api_server::ApiServer;
 use crate::backend::{ChatBackend, ReplyStats, StopReason};
 use crate::error::{AppError, AppResult};
 use crate::model_backend::ModelBackend;
@@ -21,6 +22,8 @@ use engine::SamplingParams;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum StreamEvent {
+    /// The reply waits for the local API server's requests ahead of it.
+    Waiting,
     Token { text: String },
     Done { stats: ReplyStats },
     Error { error: AppError },
@@ -44,11 +47,12 @@ pub const DEFAULT_TITLE: &str = "New chat";
 
 pub struct AppState {
     pub store: Arc<Store>,
-    pub worker: Worker,
+    pub worker: Arc<Worker>,
     pub recorder: Mutex<Box<dyn Recorder>>,
     pub exports_dir: PathBuf,
     pub downloads: Downloads,
     pub tokens: Tokens,
+    pub api_server: ApiServer,
 }
 
 const LOAD_SETTINGS: &str = "load_settings";
@@ -240,10 +244,13 @@ impl AppState {
             "reply {reply_id} in conversation {conversation_id}: {} messages in",
             history.len()
         );
+        if self.worker.queued_jobs() > 0 {
+            on_event(StreamEvent::Waiting);
+        }
         reservation.run(move |backend, cancel| {
             let mut text = String::new();
             let result = catch_unwind(AssertUnwindSafe(|| {
-                backend.generate(&history, &params, cancel, &mut |piece| {
+                let report = backend.generate(&history, &params, cancel, &mut |piece| {
                     text.push_str(piece);
                     if let Err(e) =
                         store.update_reply(reply_id, &text, Status::Streaming, None, None)
@@ -253,7 +260,8 @@ impl AppState {
                     on_event(StreamEvent::Token {
                         text: piece.to_owned(),
                     });
-                })
+                })?;
+                Ok(ReplyStats::from(&report))
             }))
             .unwrap_or_else(|p| Err(AppError::Internal(panic_message(p))));
             match &result {

@@ -3,6 +3,7 @@
 use tauri::ipc::{Channel, InvokeBody, Request, Response};
 use tauri::State;
 
+use crate::api_server::{ApiServerRequest, ApiServerStatus};
 use crate::app::{AppState, Exported, ReplyStarted, StreamEvent, DEFAULT_TITLE};
 use crate::backend::validate_sampling;
 use crate::error::{AppError, AppResult};
@@ -204,6 +205,21 @@ pub fn stop_recording(state: State<'_, AppState>) -> AppResult<Attachment> {
 #[tauri::command]
 pub fn cancel_recording(state: State<'_, AppState>) {
     state.cancel_recording()
+}
+
+#[tauri::command]
+pub fn api_server_status(state: State<'_, AppState>) -> ApiServerStatus {
+    state.api_server.status()
+}
+
+/// Switch the local API server on or off, or move it to another port. Async: stopping waits for
+/// a running request to end at its next token, which must not hold up the window.
+#[tauri::command]
+pub async fn set_api_server(
+    state: State<'_, AppState>,
+    settings: ApiServerRequest,
+) -> AppResult<ApiServerStatus> {
+    state.api_server.set(settings.validate()?)
 }
 
 /// `%XX` escapes as produced by `encodeURIComponent`.

@@ -13,6 +13,7 @@ use tauri::test::{get_ipc_response, mock_builder, MockRuntime, INVOKE_KEY};
 use tauri::webview::InvokeRequest;
 use tauri::{Manager, WebviewWindow};
 
+use crate::api_server::ApiServer;
 use crate::app::{to_engine_messages, AppState, StreamEvent};
 use crate::backend::scripted::ScriptedBackend;
 use crate::backend::{ChatBackend, StopReason};
@@ -42,7 +43,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn state(dir: &Path, backend: ScriptedBackend, recorder: Box<dyn Recorder>) -> AppState {
-    let worker = Worker::spawn(|_| {});
+    let worker = Arc::new(Worker::spawn(|_| {}));
     worker
         .load(
             "scripted".into(),
@@ -52,8 +53,10 @@ fn state(dir: &Path, backend: ScriptedBackend, recorder: Box<dyn Recorder>) -> A
     wait_for("the model", || {
         matches!(worker.status(), ModelStatus::Ready { .. })
     });
+    let store = Arc::new(Store::open(dir).unwrap());
     AppState {
-        store: Arc::new(Store::open(dir).unwrap()),
+        api_server: ApiServer::new(worker.clone(), store.clone()),
+        store,
         worker,
         recorder: Mutex::new(recorder),
         exports_dir: dir.join("exports"),
@@ -74,7 +77,7 @@ fn drain(rx: &Receiver<StreamEvent>) -> Vec<StreamEvent> {
         let e = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("reply ended");
-        let end = !matches!(e, StreamEvent::Token { .. });
+        let end = !matches!(e, StreamEvent::Token { .. } | StreamEvent::Waiting);
         events.push(e);
         if end {
             return events;
@@ -362,9 +365,14 @@ fn backend_errors_and_panics_reach_the_ui_as_typed_errors() {
 #[test]
 fn no_model_means_a_clear_refusal() {
     let dir = tempfile::tempdir().unwrap();
+    let (store, worker) = (
+        Arc::new(Store::open(dir.path()).unwrap()),
+        Arc::new(Worker::spawn(|_| {})),
+    );
     let s = AppState {
-        store: Arc::new(Store::open(dir.path()).unwrap()),
-        worker: Worker::spawn(|_| {}),
+        api_server: ApiServer::new(worker.clone(), store.clone()),
+        store,
+        worker,
         recorder: Mutex::new(Box::new(Unavailable)),
         exports_dir: dir.path().join("exports"),
         downloads: Downloads::new(
