@@ -22,6 +22,8 @@ interface MockControl {
   folderPick: string | null;
   /** The Local API server's saved settings. */
   apiServer: ApiServerSettings;
+  /** How long the next reply waits for a Local API server request first (0: none). */
+  apiBusyMs: number;
   /** A port another program holds: switching the server on there fails. */
   takenPort: number | null;
 }
@@ -58,6 +60,7 @@ const control: MockControl = {
   folderPick: null,
   apiServer: { enabled: false, port: 8080 },
   takenPort: null,
+  apiBusyMs: 0,
 };
 window.__mock = control;
 
@@ -88,6 +91,9 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
   let index = 0;
   const send = (message: StreamEvent) => window.__TAURI_INTERNALS__.runCallback(channel.id, { index: index++, message });
   const started = performance.now();
+  const waitMs = control.apiBusyMs;
+  control.apiBusyMs = 0;
+  if (waitMs > 0) setTimeout(() => send({ event: 'waiting' }), 0);
   setTimeout(async () => {
     let n = 0;
     for (const piece of control.reply) {
@@ -104,11 +110,11 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
     send({ event: 'done', stats });
     window.__TAURI_INTERNALS__.runCallback(channel.id, { index, end: true });
     void started;
-  }, 0);
+  }, waitMs);
   return Promise.resolve();
 }
 
-let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults } };
+let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults, contextLength: 4096 } };
 
 /** As on the model thread: every status change is announced. */
 async function setModelStatus(status: ModelStatus): Promise<void> {
@@ -121,7 +127,7 @@ async function loadModel(path: string): Promise<void> {
   await setModelStatus({ state: 'loading', path, progress: 0 });
   if (control.loadStopsAt != null) return setModelStatus({ state: 'loading', path, progress: control.loadStopsAt });
   const repo = /models--(.+?)\/snapshots\//.exec(path)?.[1].replace('--', '/');
-  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults } });
+  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults, contextLength: 4096 } });
 }
 
 /** As the backend reports it: serving when on, unless the port is taken. */
@@ -131,7 +137,8 @@ function apiServerStatus(): ApiServerStatus {
   return {
     settings: { ...control.apiServer },
     url: enabled && !taken ? `http://127.0.0.1:${port}/v1` : null,
-    model: 'gemma-3n',
+    model: 'gemma-3n-demo',
+    curl: enabled && !taken ? `curl http://127.0.0.1:${port}/v1/chat/completions -H 'Content-Type: application/json' -d '{"model": "gemma-3n-demo", "messages": [{"role": "user", "content": "Hello!"}]}'` : null,
     error: taken ? { kind: 'apiServer', message: `port ${port} on 127.0.0.1 is already in use by another program; choose another port` } : null,
   };
 }

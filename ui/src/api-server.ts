@@ -2,12 +2,6 @@
 import { api, type ApiServerStatus } from './api';
 import { type Alerts, button, h } from './dom';
 
-/** The command a user can paste into a terminal to see the API answer. */
-export function curlExample(url: string, model: string): string {
-  const body = JSON.stringify({ model, messages: [{ role: 'user', content: 'Hello!' }] });
-  return `curl ${url}/chat/completions \\\n  -H 'Content-Type: application/json' \\\n  -d '${body}'`;
-}
-
 export class ApiServerView {
   private status: ApiServerStatus | null = null;
   readonly el = h('section', { class: 'settings api-server', 'aria-label': 'Local API server', hidden: '' });
@@ -62,7 +56,7 @@ export class ApiServerView {
     const parts: HTMLElement[] = [];
     if (s.url) {
       state = h('p', { class: 'api-state serving', role: 'status', text: `Serving at ${s.url} — loopback only: other computers cannot reach it.` });
-      const example = curlExample(s.url, s.model);
+      const example = s.curl ?? '';
       parts.push(
         h('div', { class: 'api-url' }, h('span', { text: 'Base URL' }), h('code', { 'aria-label': 'API base URL', text: s.url })),
         h('pre', { class: 'curl', 'aria-label': 'curl example' }, h('code', { text: example })),

@@ -15,6 +15,7 @@ export interface ModelInfo {
   path: string;
   demo: boolean;
   defaults: Sampling;
+  contextLength: number;
 }
 
 export type ModelStatus =
@@ -69,6 +70,8 @@ export interface Conversation extends ConversationSummary {
 }
 
 export type StreamEvent =
+  /** The reply waits for the Local API server's requests ahead of it. */
+  | { event: 'waiting' }
   | { event: 'token'; text: string }
   | { event: 'done'; stats: ReplyStats }
   | { event: 'error'; error: AppError };
@@ -136,6 +139,8 @@ export interface ApiServerStatus {
   url: string | null;
   /** The model name clients send. */
   model: string;
+  /** While serving: a `curl` command that asks the model one question. */
+  curl: string | null;
   /** Why it is not serving though switched on (say, the port is taken). */
   error: AppError | null;
 }

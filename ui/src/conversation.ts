@@ -20,7 +20,7 @@ export class ConversationView {
   private conversations: ConversationSummary[] = [];
   private currentChat: Conversation | null = null;
   /** The reply being streamed: its message id, element and text so far. */
-  private streaming: { conversationId: number; id: number; text: string; body: HTMLElement | null } | null = null;
+  private streaming: { conversationId: number; id: number; text: string; body: HTMLElement | null; waiting: boolean } | null = null;
   private renderQueued = false;
 
   readonly list = h('ul', { class: 'chat-list', 'aria-label': 'Chats' });
@@ -212,7 +212,14 @@ export class ConversationView {
   private onEvent(conversationId: number, e: StreamEvent): void {
     const s = this.streaming;
     if (!s || s.conversationId !== conversationId) return;
+    if (e.event === 'waiting') {
+      s.waiting = true;
+      this.showWaiting();
+      return;
+    }
     if (e.event === 'token') {
+      s.waiting = false;
+      this.showWaiting();
       s.text += e.text;
       if (!this.renderQueued) {
         this.renderQueued = true;
@@ -232,13 +239,23 @@ export class ConversationView {
     if (e.event === 'error') this.hooks.alerts.error(e.error);
   }
 
+  /** Says under the empty reply that it waits for the Local API server, until it starts. */
+  private showWaiting(): void {
+    const s = this.streaming;
+    const reply = s?.body?.parentElement;
+    if (!s || !reply) return;
+    const note = reply.querySelector('.note.waiting');
+    if (s.waiting && !note) reply.append(h('div', { class: 'note waiting', role: 'note', text: 'Waiting for the Local API server to finish its request…' }));
+    if (!s.waiting) note?.remove();
+  }
+
   /** Run a command that starts a reply, then show the conversation with the empty reply. */
   private async startReply(conversationId: number, start: StartReply): Promise<boolean> {
     if (this.streaming) {
       this.hooks.alerts.error({ kind: 'busy', message: 'A reply is already being generated. Stop it or wait for it to finish.' });
       return false;
     }
-    const s = { conversationId, id: -1, text: '', body: null as HTMLElement | null };
+    const s = { conversationId, id: -1, text: '', body: null as HTMLElement | null, waiting: false };
     this.streaming = s;
     this.setGenerating(true);
     try {
@@ -255,6 +272,7 @@ export class ConversationView {
     this.render();
     s.body = this.log.querySelector<HTMLElement>(`[data-id="${s.id}"] .content`);
     if (s.body && s.text) renderInto(s.body, s.text);
+    this.showWaiting();
     this.setGenerating(true);
     await this.refreshList();
     return true;

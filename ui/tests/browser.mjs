@@ -313,7 +313,7 @@ test('the Local API server panel switches on, shows the URL and a curl, and says
   assert.equal(await panel.getByLabel('API base URL', { exact: true }).textContent(), 'http://127.0.0.1:8080/v1');
   const curl = await panel.getByLabel('curl example', { exact: true }).textContent();
   assert.match(curl, /^curl http:\/\/127\.0\.0\.1:8080\/v1\/chat\/completions/);
-  assert.match(curl, /"model":"gemma-3n","messages":\[\{"role":"user","content":"Hello!"\}\]/);
+  assert.match(curl, /"model": "gemma-3n-demo"/);
   await panel.getByRole('button', { name: 'Copy curl example' }).click();
   assert.equal(await page.evaluate(() => window.__copied), curl);
   assert.equal(await page.getByRole('button', { name: 'Local API server' }).textContent(), 'API server: on');
@@ -345,6 +345,16 @@ test('the Local API server panel switches on, shows the URL and a curl, and says
   ]);
   await panel.getByRole('button', { name: 'Close API server settings' }).click();
   assert.equal(await panel.isHidden(), true);
+});
+
+test('a message sent while the API server answers a request waits, and says so', async () => {
+  await page.evaluate(() => { window.__mock.apiBusyMs = 600; window.__mock.reply = ['after', ' the API']; });
+  await send('Are you free?');
+  const waiting = lastReply().getByRole('note').filter({ hasText: 'Waiting for the Local API server to finish its request…' });
+  await waiting.waitFor();
+  await lastReply().locator('.stats').waitFor();
+  assert.equal(await waiting.count(), 0);
+  assert.equal((await lastReply().locator('.content').textContent()).trim(), 'after the API');
 });
 
 test('dark theme follows the OS', async () => {
