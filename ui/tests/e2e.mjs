@@ -265,13 +265,11 @@ e2e('the Local API server switches on, answers from the demo model, and closes i
   const base = `http://127.0.0.1:${port}/v1`;
   await (await $('button[aria-label="Local API server"]')).click();
   await waitText('section[aria-label="Local API server"] .api-state', /^Off\.$/, 20000);
-  // The port as typed, then the switch: each applies at once.
+  // The port typed, then the switch, which applies both (one render, so no stale element).
   await app.execute((p) => {
-    const field = document.querySelector('input[aria-label="Port"]');
-    field.value = String(p);
-    field.dispatchEvent(new Event('change'));
+    document.querySelector('input[aria-label="Port"]').value = String(p);
+    document.querySelector('input[aria-label="Serve the API"]').click();
   }, port);
-  await (await $('input[aria-label="Serve the API"]')).click();
   await waitText('section[aria-label="Local API server"] .api-state', new RegExp(`^Serving at ${base.replace(/[./]/g, '\\$&')}`), 20000);
   assert.equal(await app.execute(() => document.querySelector('button[aria-label="Local API server"]').textContent), 'API server: on');
   const curl = await app.execute(() => document.querySelector('pre[aria-label="curl example"]').textContent);
