@@ -24,9 +24,15 @@ use engine::SamplingParams;
 pub enum StreamEvent {
     /// The reply waits for the local API server's requests ahead of it.
     Waiting,
-    Token { text: String },
-    Done { stats: ReplyStats },
-    Error { error: AppError },
+    Token {
+        text: String,
+    },
+    Done {
+        stats: ReplyStats,
+    },
+    Error {
+        error: AppError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

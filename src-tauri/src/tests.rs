@@ -1113,7 +1113,10 @@ fn the_api_server_is_off_by_default_then_serves_the_model_and_remembers_its_sett
     assert_eq!(on.url.as_deref(), Some(base.as_str()));
     assert_eq!(on.model, "gemma-3n-demo");
     let curl = on.curl.unwrap();
-    assert!(curl.starts_with(&format!("curl {base}/chat/completions")), "{curl}");
+    assert!(
+        curl.starts_with(&format!("curl {base}/chat/completions")),
+        "{curl}"
+    );
     assert!(curl.contains("\"model\": \"gemma-3n-demo\""), "{curl}");
 
     let (code, reply) = api_chat(port, "Hi");
@@ -1195,7 +1198,11 @@ fn chats_and_api_requests_take_turns_on_the_one_model() {
 #[test]
 fn a_taken_port_is_said_in_the_status_and_a_bad_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let s = state(dir.path(), ScriptedBackend::new(&["x"]), Box::new(Unavailable));
+    let s = state(
+        dir.path(),
+        ScriptedBackend::new(&["x"]),
+        Box::new(Unavailable),
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let (_app, webview) = mock_app(s);

@@ -22,6 +22,9 @@ fn without_a_display_it_says_so_and_points_to_the_cli() {
         "{stderr}"
     );
     assert!(lines[0].contains("`gemma-chat chat --model M`"), "{stderr}");
-    assert!(lines[0].contains("`gemma-chat serve --model M`"), "{stderr}");
+    assert!(
+        lines[0].contains("`gemma-chat serve --model M`"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
