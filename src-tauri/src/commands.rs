@@ -1,7 +1,7 @@
 //! The IPC surface: each command hands straight to `AppState`.
 
 use tauri::ipc::{Channel, InvokeBody, Request, Response};
-use tauri::State;
+use tauri::{AppHandle, Manager, Runtime, State};
 
 use crate::api_server::{ApiServerRequest, ApiServerStatus};
 use crate::app::{AppState, Exported, ReplyStarted, StreamEvent, DEFAULT_TITLE};
@@ -212,14 +212,18 @@ pub fn api_server_status(state: State<'_, AppState>) -> ApiServerStatus {
     state.api_server.status()
 }
 
-/// Switch the local API server on or off, or move it to another port. Async: stopping waits for
-/// a running request to end at its next token, which must not hold up the window.
+/// Switch the local API server on or off, or move it to another port. On a blocking thread:
+/// stopping waits for a running request to end at its next token, which must not hold up the
+/// window, and the server starts its own runtime, which it cannot do on an async one.
 #[tauri::command]
-pub async fn set_api_server(
-    state: State<'_, AppState>,
+pub async fn set_api_server<R: Runtime>(
+    app: AppHandle<R>,
     settings: ApiServerRequest,
 ) -> AppResult<ApiServerStatus> {
-    state.api_server.set(settings.validate()?)
+    let settings = settings.validate()?;
+    tauri::async_runtime::spawn_blocking(move || app.state::<AppState>().api_server.set(settings))
+        .await
+        .map_err(|e| AppError::Internal(format!("switching the API server: {e}")))?
 }
 
 /// `%XX` escapes as produced by `encodeURIComponent`.
