@@ -77,6 +77,13 @@ const STACKED_TENSORS: [(&str, &str); 2] = [
     ("altup_unembd_proj.weight", "altup_unembed_projections"),
 ];
 
+// What llama.cpp's Gemma 3n loader assumes for keys older converters did not write.
+const DEFAULT_ROPE_BASE_SWA: f64 = 10_000.0;
+const DEFAULT_SOFTCAP: f64 = 30.0;
+const SLIDING_PERIOD: usize = 5;
+/// Layers with their own KV cache (`n_layer_kv_from_start`); the rest reuse them.
+const LLAMA_CPP_KV_LAYERS: usize = 20;
+
 /// What a text-only GGUF cannot say about the multimodal model: the released checkpoints' token
 /// ids and tower settings.  A `config.json` next to the file takes precedence.
 const MULTIMODAL_DEFAULTS: &str = r#"{
@@ -298,7 +305,7 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
     let sparsity_key = key("activation_sparsity_scale");
     // llama.cpp stores the cut-off in standard deviations; the config holds the sparsity.
     let sparsity = match meta.content.metadata.get(&sparsity_key) {
-        None => vec![0.0; layers],
+        None => llama_cpp_sparsity(layers),
         Some(_) => meta
             .per_layer(&sparsity_key, layers)?
             .into_iter()
@@ -307,19 +314,34 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
             .ok_or_else(|| meta.wrong(&sparsity_key, "a list of numbers"))?,
     };
     let pattern_key = key("attention.sliding_window_pattern");
-    let layer_types = meta
-        .per_layer(&pattern_key, layers)?
-        .into_iter()
-        .map(|v| match v {
-            Value::Bool(true) => Some("sliding_attention"),
-            Value::Bool(false) => Some("full_attention"),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| meta.wrong(&pattern_key, "a list of booleans"))?;
-    let softcap = match meta.content.metadata.get(&key("final_logit_softcapping")) {
-        Some(v) => number(v),
-        None => None,
+    let sliding = match meta.content.metadata.get(&pattern_key) {
+        // Older converters wrote no pattern: llama.cpp then assumes a period of 5.
+        None => sliding_every(SLIDING_PERIOD, layers),
+        Some(Value::Array(_)) => meta
+            .per_layer(&pattern_key, layers)?
+            .into_iter()
+            .map(|v| match v {
+                Value::Bool(b) => Some(*b),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| meta.wrong(&pattern_key, "a list of booleans"))?,
+        Some(_) => sliding_every(meta.count(&pattern_key)?, layers),
+    };
+    let layer_types: Vec<&str> = sliding
+        .iter()
+        .map(|&s| if s { "sliding_attention" } else { "full_attention" })
+        .collect();
+    let optional_number = |k: &str, default: f64| -> Result<f64> {
+        match meta.content.metadata.get(&key(k)) {
+            None => Ok(default),
+            Some(_) => meta.number(&key(k)),
+        }
+    };
+    let shared_kv_key = key("attention.shared_kv_layers");
+    let shared_kv = match meta.content.metadata.get(&shared_kv_key) {
+        None => layers.saturating_sub(LLAMA_CPP_KV_LAYERS),
+        Some(_) => meta.count(&shared_kv_key)?,
     };
     Ok(json!({
         "vocab_size": rows("embed_tokens.weight")?,
@@ -334,16 +356,32 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
         "max_position_embeddings": meta.count(&key("context_length"))?,
         "rms_norm_eps": meta.number(&key("attention.layer_norm_rms_epsilon"))?,
         "rope_theta": meta.number(&key("rope.freq_base"))?,
-        "rope_local_base_freq": meta.number(&key("rope.freq_base_swa"))?,
+        "rope_local_base_freq": optional_number("rope.freq_base_swa", DEFAULT_ROPE_BASE_SWA)?,
         "sliding_window": meta.count(&key("attention.sliding_window"))?,
         "layer_types": layer_types,
-        "final_logit_softcapping": softcap,
+        "final_logit_softcapping": optional_number("final_logit_softcapping", DEFAULT_SOFTCAP)?,
         "altup_active_idx": meta.count(&key("altup.active_idx"))?,
         "altup_num_inputs": meta.count(&key("altup.num_inputs"))?,
-        "num_kv_shared_layers": meta.count(&key("attention.shared_kv_layers"))?,
+        "num_kv_shared_layers": shared_kv,
         "laurel_rank": rows("layers.0.laurel.linear_left.weight")?,
         "activation_sparsity_pattern": sparsity,
     }))
+}
+
+/// Layer `i` of `layers` uses the sliding window unless it ends a period (llama.cpp's
+/// `set_swa_pattern`); a period of 0 makes every layer sliding.
+fn sliding_every(period: usize, layers: usize) -> Vec<bool> {
+    (0..layers)
+        .map(|i| period == 0 || i % period < period - 1)
+        .collect()
+}
+
+/// The activation sparsity llama.cpp's Gemma 3n graph applies whatever the file says: 0.95 on
+/// the first ten layers, none after.
+fn llama_cpp_sparsity(layers: usize) -> Vec<f64> {
+    (0..layers)
+        .map(|i| if i < 10 { 0.95 } else { 0.0 })
+        .collect()
 }
 
 /// `Φ(x)`; `Φ(-∞) = 0` marks a dense layer.
@@ -354,6 +392,7 @@ fn standard_normal_cdf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::dequantize_into;
 
     #[test]
     fn llama_cpp_names_map_to_ours() {
@@ -371,6 +410,53 @@ mod tests {
         );
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
         assert_eq!(hf_name("mm.input_projection.weight"), None);
+    }
+
+    #[test]
+    fn a_missing_pattern_is_four_sliding_layers_then_one_full() {
+        let full: Vec<usize> = (0..30).filter(|&i| !sliding_every(5, 30)[i]).collect();
+        assert_eq!(full, [4, 9, 14, 19, 24, 29]);
+        assert!(sliding_every(0, 3).iter().all(|&s| s));
+        assert_eq!(&llama_cpp_sparsity(12)[9..], [0.95, 0.0, 0.0]);
+    }
+
+    /// Every block type candle reads decodes as gguf-py decodes it (`make_gguf.py` wrote random
+    /// blocks of each and gguf-py's values).
+    #[test]
+    fn every_block_type_decodes_as_gguf_py_does() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
+        let bytes = std::fs::read(dir.join("quant_types.gguf")).unwrap();
+        let content = Content::read(&mut std::io::Cursor::new(&bytes)).unwrap();
+        let golden = std::fs::read(dir.join("quant_types.safetensors")).unwrap();
+        let golden = safetensors::SafeTensors::deserialize(&golden).unwrap();
+        assert_eq!(content.tensor_infos.len(), 12);
+        for (name, info) in &content.tensor_infos {
+            let want: Vec<f32> = golden
+                .tensor(name)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let start = content.tensor_data_offset as usize + info.offset as usize;
+            let len = ggml_bytes(info.ggml_dtype, want.len()).unwrap();
+            // An aligned copy: block structs are read in place.
+            let mut aligned = vec![0u32; len.div_ceil(4)];
+            // SAFETY: a u8 view of a u32 buffer at least `len` bytes long.
+            let view = unsafe {
+                std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), len)
+            };
+            view.copy_from_slice(&bytes[start..start + len]);
+            let mut got = vec![0f32; want.len()];
+            dequantize_into(info.ggml_dtype, view, &mut got);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * scale,
+                    "{name} value {i}: {g} vs gguf-py {w}"
+                );
+            }
+        }
     }
 
     #[test]

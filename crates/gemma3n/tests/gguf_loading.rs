@@ -132,3 +132,21 @@ fn a_gguf_model_refuses_media_and_bad_files_clearly() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The mid-2025 converter's dialect: no `rope.freq_base_swa` or `final_logit_softcapping`
+/// (llama.cpp's defaults, 10000 and 30, are this checkpoint's values), `shared_kv_layers` as a
+/// float, and `token_embd` cut to the per-layer vocabulary (as 262,400 rows were cut to
+/// 262,144): the logits of the rows it keeps are the checkpoint's.
+#[test]
+fn legacy_gguf_dialect_matches_the_safetensors_checkpoint() {
+    let ids = Golden::open("E").ids("text.input_ids");
+    let reference = Gemma3nModel::load(&model_dir("E"), DType::F32, &Device::Cpu).unwrap();
+    let model = load(&gguf("E-legacy.gguf"), WeightFormat::Dense);
+    let (want, got) = (&reference.config().text_config, &model.config().text_config);
+    assert_eq!(got.vocab_size, want.vocab_size_per_layer_input);
+    assert_eq!(got.num_kv_shared_layers, want.num_kv_shared_layers);
+    assert_eq!(got.final_logit_softcapping, want.final_logit_softcapping);
+    let rows = got.vocab_size;
+    let expected = logits(&reference, &ids).narrow(2, 0, rows).unwrap();
+    assert_close("legacy GGUF vs safetensors", &logits(&model, &ids), &expected, 1e-4);
+}
