@@ -172,6 +172,14 @@ def main() -> None:
     legacy = args.out / f"{args.variant}-legacy.gguf"
     write(legacy, tensors, cfg, "f32", legacy=True)
     print(legacy, legacy.stat().st_size, "bytes")
+    # An i-quant file (as the IQ presets write): refused, naming the tensor and its type.
+    w = gguf.GGUFWriter(str(args.out / "iq4_xs.gguf"), "gemma3n")
+    w.add_tensor("blk.0.ffn_down.weight", np.zeros((1, 136), np.uint8),
+                 raw_dtype=gguf.GGMLQuantizationType.IQ4_XS)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     make_quant_types(args.out / "quant_types.gguf", args.out / "quant_types.safetensors")
     for name in COMPANIONS:
         shutil.copy(src / name, args.out / name)

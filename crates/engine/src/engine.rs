@@ -207,7 +207,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `path` is a model folder, or a GGUF file whose folder holds the tokenizer and template.
+    /// `path` is a model folder, or a GGUF file (with its own tokenizer and template, or the
+    /// Hugging Face ones beside it).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let model = Gemma3nModel::load_with(path, opts)?;
         let dir = if gemma3n::gguf::is_gguf(path) {
@@ -216,7 +217,11 @@ impl Engine {
             path
         };
         let cfg = model.config().clone();
-        let prompt = PromptEncoder::from_model_dir(dir, &cfg)?;
+        let prompt = if gemma3n::gguf::is_gguf(path) {
+            PromptEncoder::from_gguf(path, &cfg)?
+        } else {
+            PromptEncoder::from_model_dir(dir, &cfg)?
+        };
         let (defaults, mut stop_ids) = generation_defaults(dir)?;
         if stop_ids.is_empty() {
             stop_ids = cfg.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();

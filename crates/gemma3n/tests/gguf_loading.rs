@@ -123,7 +123,12 @@ fn a_gguf_model_refuses_media_and_bad_files_clearly() {
     std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
     let garbage = dir.join("garbage.gguf");
     std::fs::write(&garbage, b"not a gguf file at all").unwrap();
-    for (path, expected) in [(&truncated, "truncated"), (&garbage, "not a GGUF")] {
+    let iq = gguf("iq4_xs.gguf");
+    for (path, expected) in [
+        (&truncated, "truncated"),
+        (&garbage, "not a GGUF"),
+        (&iq, "tensor blk.0.ffn_down.weight is stored as IQ4_XS"),
+    ] {
         let err = Gemma3nModel::load_with(path, &LoadOptions::default())
             .err()
             .expect("bad file loaded")
