@@ -886,6 +886,17 @@ fn load_settings_are_checked_saved_and_used_for_the_next_load() {
         "{:?}",
         state.worker.status()
     );
+    // So does a GGUF file with nothing beside it.
+    let lone = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/lone/G-f32.gguf");
+    invoke(&w, "open_model", json!({"path": lone})).unwrap();
+    wait_for("the GGUF model", || {
+        !matches!(state.worker.status(), ModelStatus::Loading { .. })
+    });
+    assert!(
+        matches!(state.worker.status(), ModelStatus::Ready { .. }),
+        "{:?}",
+        state.worker.status()
+    );
 }
 
 // ---- Robustness ----

@@ -155,3 +155,23 @@ fn legacy_gguf_dialect_matches_the_safetensors_checkpoint() {
     let expected = logits(&reference, &ids).narrow(2, 0, rows).unwrap();
     assert_close("legacy GGUF vs safetensors", &logits(&model, &ids), &expected, 1e-4);
 }
+
+/// llama.cpp's own converter's output (`tests/reference/make_gguf_lone.py`) for checkpoint G,
+/// which has the released models' text layout: the logits are the checkpoint's.
+#[test]
+fn converter_written_gguf_matches_the_safetensors_checkpoint() {
+    let dir = fixture_dir("gguf");
+    let reference = Gemma3nModel::load(&dir.join("G"), DType::F32, &Device::Cpu).unwrap();
+    let model = load(&dir.join("lone/G-f32.gguf"), WeightFormat::Dense);
+    assert_eq!(
+        model.config().text_config.layer_types(),
+        reference.config().text_config.layer_types()
+    );
+    let ids: Vec<u32> = [2, 6].into_iter().chain((40..70).step_by(3)).chain(300..320).collect();
+    assert_close(
+        "converter GGUF vs safetensors",
+        &logits(&model, &ids),
+        &logits(&reference, &ids),
+        1e-4,
+    );
+}
