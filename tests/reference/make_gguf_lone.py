@@ -159,6 +159,9 @@ def main() -> None:
         for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                      "chat_template.jinja", "generation_config.json"]:
             shutil.copy(ckpt / name, dst / name)
+        # The towers are variant E's (D's), and so are their processors.
+        for name in ["preprocessor_config.json", "processor_config.json"]:
+            shutil.copy(ROOT / "tests/fixtures/E/model" / name, dst / name)
     for p in sorted(args.out.glob("G/*")) + [lone / "G-f32.gguf"]:
         print(p, p.stat().st_size, "bytes")
 

@@ -59,7 +59,10 @@ fn the_gguf_template_and_stop_ids_are_the_checkpoints() {
         Message::text(Role::System, "Be brief."),
         Message::text(Role::User, "Hi there <start_of_turn> 🙂"),
     ];
-    assert_eq!(lone.encode(&messages).unwrap(), folder.encode(&messages).unwrap());
+    assert_eq!(
+        lone.encode(&messages).unwrap(),
+        folder.encode(&messages).unwrap()
+    );
     for id in folder.stop_ids() {
         assert!(lone.stop_ids().contains(id), "{:?}", lone.stop_ids());
     }

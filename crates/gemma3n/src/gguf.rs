@@ -188,7 +188,10 @@ fn vocabulary_of(meta: &Metadata) -> Result<Option<Vocabulary>> {
         bos_id: id("tokenizer.ggml.bos_token_id")?,
         eos_id: id("tokenizer.ggml.eos_token_id")?,
         unk_id: id("tokenizer.ggml.unknown_token_id")?,
-        add_bos: matches!(md.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))),
+        add_bos: matches!(
+            md.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        ),
         chat_template: match md.get("tokenizer.chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
@@ -550,7 +553,13 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
     };
     let layer_types: Vec<&str> = sliding
         .iter()
-        .map(|&s| if s { "sliding_attention" } else { "full_attention" })
+        .map(|&s| {
+            if s {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
         .collect();
     let optional_number = |k: &str, default: f64| -> Result<f64> {
         match meta.content.metadata.get(&key(k)) {
@@ -663,9 +672,8 @@ mod tests {
             // An aligned copy: block structs are read in place.
             let mut aligned = vec![0u32; len.div_ceil(4)];
             // SAFETY: a u8 view of a u32 buffer at least `len` bytes long.
-            let view = unsafe {
-                std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), len)
-            };
+            let view =
+                unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), len) };
             view.copy_from_slice(&bytes[start..start + len]);
             let mut got = vec![0f32; want.len()];
             dequantize_into(info.ggml_dtype, view, &mut got);

@@ -153,7 +153,12 @@ fn legacy_gguf_dialect_matches_the_safetensors_checkpoint() {
     assert_eq!(got.final_logit_softcapping, want.final_logit_softcapping);
     let rows = got.vocab_size;
     let expected = logits(&reference, &ids).narrow(2, 0, rows).unwrap();
-    assert_close("legacy GGUF vs safetensors", &logits(&model, &ids), &expected, 1e-4);
+    assert_close(
+        "legacy GGUF vs safetensors",
+        &logits(&model, &ids),
+        &expected,
+        1e-4,
+    );
 }
 
 /// llama.cpp's own converter's output (`tests/reference/make_gguf_lone.py`) for checkpoint G,
@@ -167,7 +172,11 @@ fn converter_written_gguf_matches_the_safetensors_checkpoint() {
         model.config().text_config.layer_types(),
         reference.config().text_config.layer_types()
     );
-    let ids: Vec<u32> = [2, 6].into_iter().chain((40..70).step_by(3)).chain(300..320).collect();
+    let ids: Vec<u32> = [2, 6]
+        .into_iter()
+        .chain((40..70).step_by(3))
+        .chain(300..320)
+        .collect();
     assert_close(
         "converter GGUF vs safetensors",
         &logits(&model, &ids),
