@@ -97,12 +97,17 @@ impl AppState {
         )
     }
 
-    /// Loads the model in `path` in the background and remembers it for the next start.
+    /// Loads the model in `path` (a folder or a GGUF file) in the background and remembers it
+    /// for the next start.
     pub fn open_model(&self, path: &str) -> AppResult<()> {
         let dir = PathBuf::from(path);
-        if !dir.join("config.json").is_file() {
+        if gemma3n::gguf::is_gguf(&dir) {
+            // A GGUF file: its own tokenizer and template, or the Hugging Face ones beside it.
+            engine::files::resolve_model(path, false)
+                .map_err(|e| AppError::InvalidInput(e.to_string()))?;
+        } else if !dir.join("config.json").is_file() {
             return Err(AppError::InvalidInput(format!(
-                "{path} is not a model folder: it has no config.json"
+                "{path} is not a model folder (it has no config.json) nor a GGUF file"
             )));
         }
         tracing::info!("open_model {path}");

@@ -17,7 +17,7 @@ pub struct ModelBackend {
 
 impl ModelBackend {
     pub fn load(dir: &Path, demo: bool, options: &LoadOptions) -> AppResult<Self> {
-        if !dir.join("config.json").is_file() {
+        if !dir.join("config.json").is_file() && !gemma3n::gguf::is_gguf(dir) {
             return Err(AppError::Model(format!(
                 "{} is not a model folder: it has no config.json",
                 dir.display()

@@ -894,6 +894,61 @@ fn load_settings_are_checked_saved_and_used_for_the_next_load() {
         "{:?}",
         state.worker.status()
     );
+    // So does a GGUF file with nothing beside it.
+    let lone = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/lone/G-f32.gguf");
+    invoke(&w, "open_model", json!({"path": lone})).unwrap();
+    wait_for("the GGUF model", || {
+        !matches!(state.worker.status(), ModelStatus::Loading { .. })
+    });
+    assert!(
+        matches!(state.worker.status(), ModelStatus::Ready { .. }),
+        "{:?}",
+        state.worker.status()
+    );
+}
+
+#[test]
+fn a_damaged_tower_fails_the_load_with_the_tensor_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    // One audio-tower tensor's header shape changed, the value count kept: a valid file.
+    let file = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let from = br#"conformer.3.ffw_layer_end.ffw_layer_1.weight":{"dtype":"F32","shape":[160,40]"#;
+    let to = br#"conformer.3.ffw_layer_end.ffw_layer_1.weight":{"dtype":"F32","shape":[320,20]"#;
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the tensor's header entry");
+    bytes[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(&file, bytes).unwrap();
+
+    let (app, w) = mock_app(state(
+        dir.path(),
+        ScriptedBackend::new(&[]),
+        Box::new(Unavailable),
+    ));
+    invoke(&w, "open_model", json!({"path": model})).unwrap();
+    let state = app.state::<AppState>();
+    wait_for("the load", || {
+        !matches!(state.worker.status(), ModelStatus::Loading { .. })
+    });
+    let ModelStatus::Failed { error } = state.worker.status() else {
+        panic!("the load did not fail: {:?}", state.worker.status());
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains(
+            "tensor model.audio_tower.conformer.3.ffw_layer_end.ffw_layer_1.weight has shape \
+             [320, 20], config.json implies [160, 40]"
+        ),
+        "{message}"
+    );
 }
 
 // ---- Robustness ----

@@ -455,3 +455,83 @@ fn a_gguf_file_chats_like_its_checkpoint_and_reports_what_is_missing() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A GGUF with its own tokenizer and template (llama.cpp's converter wrote it) chats alone, in
+/// its own folder, as the checkpoint it came from.
+#[test]
+fn a_gguf_file_alone_chats_like_its_checkpoint() {
+    let dir = temp_dir("gguf-alone");
+    let messages = dir.join("m.json");
+    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
+    let alone = dir.join("G-f32.gguf");
+    std::fs::copy(
+        fixtures::fixture_dir("gguf").join("lone/G-f32.gguf"),
+        &alone,
+    )
+    .unwrap();
+    let (_, from_gguf) = greedy_json(&alone, &messages);
+    let (_, from_folder) = greedy_json(&fixtures::fixture_dir("gguf").join("G"), &messages);
+    assert_eq!(from_gguf["token_ids"], from_folder["token_ids"]);
+    assert_eq!(from_gguf["prompt_tokens"], from_folder["prompt_tokens"]);
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        alone.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A copy of the demo model whose header gives one vision-tower tensor another shape (the same
+/// number of values, so the file itself stays valid).
+fn demo_model_with_a_reshaped_tower_tensor(dir: &std::path::Path) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/C/model");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let from = br#"pw_exp.conv.weight":{"dtype":"F32","shape":[128,32,1,1]"#;
+    let to = br#"pw_exp.conv.weight":{"dtype":"F32","shape":[128,16,2,1]"#;
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the tensor's header entry");
+    let mut bytes = bytes;
+    bytes[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(&file, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_tower_is_reported_when_the_model_is_opened() {
+    let dir = temp_dir("tower");
+    demo_model_with_a_reshaped_tower_tensor(&dir);
+    // A text-only prompt: the tower is never run, yet the open fails.
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "tensor model.vision_tower.timm_model.blocks.1.2.pw_exp.conv.weight has shape \
+             [128, 16, 2, 1], config.json implies [128, 32, 1, 1]"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use candle_core::Tensor;
-use gemma3n::{Cache, Gemma3nModel, LoadOptions, MediaEmbeddings};
+use gemma3n::{Cache, Gemma3nConfig, Gemma3nModel, LoadOptions, MediaEmbeddings};
 use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
 
 use crate::audio::AudioProcessor;
 use crate::chat::{Message, Part};
@@ -207,7 +208,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `path` is a model folder, or a GGUF file whose folder holds the tokenizer and template.
+    /// `path` is a model folder, or a GGUF file (with its own tokenizer and template, or the
+    /// Hugging Face ones beside it).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let model = Gemma3nModel::load_with(path, opts)?;
         let dir = if gemma3n::gguf::is_gguf(path) {
@@ -216,14 +218,13 @@ impl Engine {
             path
         };
         let cfg = model.config().clone();
-        let prompt = PromptEncoder::from_model_dir(dir, &cfg)?;
-        let (defaults, mut stop_ids) = generation_defaults(dir)?;
-        if stop_ids.is_empty() {
-            stop_ids = cfg.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
-        }
-        if stop_ids.is_empty() {
-            stop_ids.extend(prompt.tokenizer().token_to_id("<eos>"));
-        }
+        let prompt = if gemma3n::gguf::is_gguf(path) {
+            PromptEncoder::from_gguf(path, &cfg)?
+        } else {
+            PromptEncoder::from_model_dir(dir, &cfg)?
+        };
+        let (defaults, generation_eos) = generation_defaults(dir)?;
+        let stop_ids = stop_ids(&generation_eos, &cfg, prompt.tokenizer());
         Ok(Self {
             dir: path.to_path_buf(),
             images: match model.embed_vision() {
@@ -578,6 +579,31 @@ impl Engine {
             audio_splits,
         })
     }
+}
+
+/// Every id that ends a reply: the union of `eos_token_id` in `generation_config.json` and in
+/// `config.json` (top level and `text_config`), plus `<end_of_turn>`, which ends every model
+/// turn of the chat template even where a file lists only `<eos>`.  `<eos>` when nothing lists any.
+pub fn stop_ids(generation_eos: &[u32], cfg: &Gemma3nConfig, tokenizer: &Tokenizer) -> Vec<u32> {
+    let listed = [&cfg.eos_token_id, &cfg.text_config.eos_token_id]
+        .into_iter()
+        .flatten()
+        .flat_map(|ids| ids.to_vec());
+    let mut ids: Vec<u32> = Vec::new();
+    for id in generation_eos.iter().copied().chain(listed) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        ids.extend(tokenizer.token_to_id("<eos>"));
+    }
+    if let Some(end_of_turn) = tokenizer.token_to_id("<end_of_turn>") {
+        if !ids.contains(&end_of_turn) {
+            ids.push(end_of_turn);
+        }
+    }
+    ids
 }
 
 fn hash_floats(values: &[f32]) -> u64 {

@@ -289,3 +289,40 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A copy of fixture C's model folder whose `generation_config.json` lists only `<eos>` (1) and
+/// whose `config.json` lists `config_eos` at the top level (text_config keeps its `<eos>`).
+fn copy_with_eos_lists(tag: &str, config_eos: serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("gemma-chat-stop-{tag}"))
+        .tempdir()
+        .unwrap();
+    let src = fixtures::model_dir("C");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let rewrite = |name: &str, key_eos: serde_json::Value| {
+        let path = dir.path().join(name);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["eos_token_id"] = key_eos;
+        std::fs::write(&path, json.to_string()).unwrap();
+    };
+    rewrite("generation_config.json", serde_json::json!([1]));
+    rewrite("config.json", config_eos);
+    dir
+}
+
+#[test]
+fn stop_ids_are_the_union_of_both_configs_plus_end_of_turn() {
+    // Fixture C: <eos> = 1, <end_of_turn> = 7, and an unused id 5 to see config.json's list used.
+    let end_of_turn = 7;
+    let only_eos = copy_with_eos_lists("eos", serde_json::json!(1));
+    let engine = Engine::load(only_eos.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(engine.stop_ids(), &[1, end_of_turn]);
+
+    let config_adds = copy_with_eos_lists("union", serde_json::json!([1, 5]));
+    let engine = Engine::load(config_adds.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(engine.stop_ids(), &[1, 5, end_of_turn]);
+}

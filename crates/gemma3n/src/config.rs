@@ -99,6 +99,8 @@ pub struct TextConfig {
     activation_sparsity_pattern: Option<Vec<f64>>,
     #[serde(default)]
     pub hidden_activation: Option<String>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
 }
 
 fn default_max_positions() -> usize {

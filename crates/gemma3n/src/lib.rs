@@ -11,6 +11,7 @@ pub mod audio;
 pub mod bench;
 pub mod config;
 pub mod embedder;
+pub mod expected;
 pub mod gguf;
 pub mod kv_cache;
 pub mod loader;

@@ -244,6 +244,20 @@ impl Checkpoint {
         })
     }
 
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The shape a file's header gives `name`.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.index.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Every tensor name in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
     fn entry(&self, name: &str) -> candle_core::Result<&Entry> {
         self.index.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("tensor {name} is not in the checkpoint"))

@@ -157,7 +157,10 @@ impl Gemma3nModel {
             (Gemma3nConfig::from_json(&cfg.to_string())?, checkpoint)
         } else {
             let cfg = Gemma3nConfig::from_file(&path.join("config.json"))?;
-            (cfg, Checkpoint::open(path)?)
+            let checkpoint = Checkpoint::open(path)?;
+            // Before any weight is read: the towers are otherwise only read on first use.
+            crate::expected::check_towers(&cfg, &checkpoint)?;
+            (cfg, checkpoint)
         };
         if let Some(report) = &opts.progress {
             // Everything the decoder and embedders read whole; the per-layer table is gathered.

@@ -124,3 +124,87 @@ fn load_progress_rises_to_one_and_stops_there() {
         assert_eq!(seen.lock().unwrap().len(), reports.len());
     }
 }
+
+/// A copy of fixture C (both towers) with its weights edited, or its file cut short.
+fn damaged_c(tag: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
+    let src = model_dir("C");
+    let dir = std::env::temp_dir().join(format!("gemma3n-tower-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+const VISION_CONV: &str = "model.vision_tower.timm_model.blocks.1.2.pw_exp.conv.weight";
+const AUDIO_FFW: &str = "model.audio_tower.conformer.3.ffw_layer_end.ffw_layer_1.weight";
+
+#[test]
+fn a_missing_tower_tensor_is_reported_at_open() {
+    let dir = damaged_c("missing", |t| {
+        t.remove(VISION_CONV);
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains(&format!(
+            "tensor {VISION_CONV} is missing (expected shape [128, 32, 1, 1])"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tower_tensor_of_the_wrong_shape_is_reported_at_open() {
+    let dir = damaged_c("shape", |t| {
+        t.insert(
+            AUDIO_FFW.into(),
+            Tensor::zeros((160, 39), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains(&format!(
+            "tensor {AUDIO_FFW} has shape [160, 39], config.json implies [160, 40]"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_truncated_weight_file_is_reported_at_open() {
+    let dir = damaged_c("truncated", |_| {});
+    let file = dir.join("model.safetensors");
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
+    let err = load_err(&dir);
+    assert!(
+        err.contains("model.safetensors is not a valid safetensors file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kv_shared_projections_are_neither_required_nor_rejected() {
+    // Fixture C carries the KV-shared layers' k/v/k_norm weights; with them gone it still opens.
+    let cfg = gemma3n::Gemma3nConfig::from_file(&model_dir("C").join("config.json")).unwrap();
+    let first = cfg.text_config.first_kv_shared_layer();
+    let dir = damaged_c("kvshared", |t| {
+        t.retain(|name, _| {
+            !(first..cfg.text_config.num_hidden_layers).any(|l| {
+                ["k_proj", "v_proj", "k_norm"].iter().any(|w| {
+                    name.starts_with(&format!("model.language_model.layers.{l}.self_attn.{w}."))
+                })
+            })
+        });
+    });
+    let loaded = Gemma3nModel::load(&dir, DType::F32, &Device::Cpu);
+    std::fs::remove_dir_all(&dir).ok();
+    loaded.expect("KV-shared layers need no k/v weights");
+}

@@ -446,6 +446,22 @@ fn transcription_instruction(language: Option<&str>, prompt: Option<&str>) -> St
     text
 }
 
+/// Room for about ten minutes of speech.
+const TRANSCRIPTION_MAX_TOKENS: i64 = 4096;
+
+fn form_number<T: std::str::FromStr>(
+    value: Option<&str>,
+    param: &'static str,
+) -> Result<Option<T>, ApiError> {
+    value
+        .map(|v| {
+            v.trim().parse::<T>().map_err(|_| {
+                ApiError::invalid_param(param, format!("{param} `{v}` is not a number"))
+            })
+        })
+        .transpose()
+}
+
 #[derive(Default)]
 struct TranscriptionForm {
     file: Option<(Vec<u8>, Option<String>)>,
@@ -454,6 +470,7 @@ struct TranscriptionForm {
     language: Option<String>,
     response_format: Option<String>,
     temperature: Option<String>,
+    max_tokens: Option<String>,
 }
 
 async fn read_form(mut form: Multipart, limit: usize) -> Result<TranscriptionForm, ApiError> {
@@ -473,6 +490,8 @@ async fn read_form(mut form: Multipart, limit: usize) -> Result<TranscriptionFor
             "language" => &mut out.language,
             "response_format" => &mut out.response_format,
             "temperature" => &mut out.temperature,
+            // An extension: OpenAI's transcriptions have no limit.
+            "max_tokens" => &mut out.max_tokens,
             // Unknown fields are ignored, like unknown JSON fields.
             _ => continue,
         };
@@ -514,21 +533,14 @@ async fn transcribe(
             ))
         }
     };
-    let temperature = form
-        .temperature
-        .as_deref()
-        .map(|t| {
-            t.trim().parse::<f64>().map_err(|_| {
-                ApiError::invalid_param("temperature", format!("temperature `{t}` is not a number"))
-            })
-        })
-        .transpose()?;
-    // A transcription is greedy unless asked otherwise, and may run to the end of the context.
+    let temperature = form_number::<f64>(form.temperature.as_deref(), "temperature")?;
+    let max_tokens = form_number::<i64>(form.max_tokens.as_deref(), "max_tokens")?;
+    // A transcription is greedy unless asked otherwise.
     let params = Sampling {
         temperature: Some(temperature.unwrap_or(0.0)),
         top_p: None,
         top_k: None,
-        max_tokens: None,
+        max_tokens: Some(max_tokens.unwrap_or(TRANSCRIPTION_MAX_TOKENS)),
         seed: None,
     }
     .resolve(&card)?;

@@ -4,7 +4,7 @@
 mod attention;
 mod conformer;
 mod kernels;
-mod sscp;
+pub(crate) mod sscp;
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -58,6 +58,21 @@ struct ConvBlock {
     norm: CumulativeGroupNorm,
 }
 
+/// Width of `input_proj_linear`'s input: the frequency bins left after both convolutions times
+/// the last one's channels.
+pub(crate) fn input_proj_width(cfg: &AudioConfig) -> usize {
+    let mut freq = cfg.input_feat_size;
+    for idx in 0..2 {
+        freq = ConvBlock::out_len(
+            freq,
+            2,
+            cfg.sscp_conv_kernel_size[idx][1],
+            cfg.sscp_conv_stride_size[idx][1],
+        );
+    }
+    freq * cfg.sscp_conv_channel_size[1]
+}
+
 impl ConvBlock {
     fn new(cfg: &AudioConfig, idx: usize, vb: VarBuilder) -> Result<Self> {
         let c_in = if idx == 0 {
@@ -119,12 +134,11 @@ impl SubSampleConvProjection {
     pub fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
         let conv_0 = ConvBlock::new(cfg, 0, vb.pp("conv_0"))?;
         let conv_1 = ConvBlock::new(cfg, 1, vb.pp("conv_1"))?;
-        let mut freq = cfg.input_feat_size;
-        for block in [&conv_0, &conv_1] {
-            freq = ConvBlock::out_len(freq, 2, block.kernel.1, block.stride.1);
-        }
-        let in_dim = freq * cfg.sscp_conv_channel_size[1];
-        let input_proj_linear = Linear::new(in_dim, cfg.hidden_size, vb.pp("input_proj_linear"))?;
+        let input_proj_linear = Linear::new(
+            input_proj_width(cfg),
+            cfg.hidden_size,
+            vb.pp("input_proj_linear"),
+        )?;
         Ok(Self {
             conv_0,
             conv_1,
