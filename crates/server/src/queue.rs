@@ -1,8 +1,8 @@
 //! The FIFO queue in front of the model and the one worker thread that runs it.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use engine::{Message, SamplingParams, StopReason};
@@ -56,8 +56,10 @@ struct Queued {
 
 /// The sending side of the queue.
 pub struct Queue {
-    jobs: SyncSender<Queued>,
+    jobs: Sender<Queued>,
     capacity: usize,
+    /// Jobs accepted and not yet finished, the running one included.
+    in_system: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
     running: Arc<Mutex<Option<Arc<AtomicBool>>>>,
 }
@@ -65,14 +67,15 @@ pub struct Queue {
 impl Queue {
     /// Start the worker; at most `capacity` jobs wait behind the running one.
     pub fn start(backend: Arc<dyn Backend>, capacity: usize) -> std::io::Result<Self> {
-        // A zero-capacity channel hands a job over only to an idle worker: exactly `--queue 0`.
-        let (jobs, receiver) = sync_channel(capacity);
+        let (jobs, receiver) = channel();
+        let in_system = Arc::new(AtomicUsize::new(0));
         let stopping = Arc::new(AtomicBool::new(false));
         let running = Arc::new(Mutex::new(None));
         let worker = Worker {
             backend,
             stopping: stopping.clone(),
             running: running.clone(),
+            in_system: in_system.clone(),
         };
         std::thread::Builder::new()
             .name("api-generation".into())
@@ -80,6 +83,7 @@ impl Queue {
         Ok(Self {
             jobs,
             capacity,
+            in_system,
             stopping,
             running,
         })
@@ -89,6 +93,12 @@ impl Queue {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(stopping());
         }
+        // Room for the running job plus `capacity` waiting ones.
+        self.in_system
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n <= self.capacity).then_some(n + 1)
+            })
+            .map_err(|_| ApiError::queue_full(self.capacity))?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (events, receiver) = unbounded_channel();
         let queued = Queued {
@@ -96,14 +106,14 @@ impl Queue {
             cancel: cancel.clone(),
             events,
         };
-        match self.jobs.try_send(queued) {
-            Ok(()) => Ok(Ticket {
-                events: receiver,
-                cancel,
-            }),
-            Err(TrySendError::Full(_)) => Err(ApiError::queue_full(self.capacity)),
-            Err(TrySendError::Disconnected(_)) => Err(stopping()),
+        if self.jobs.send(queued).is_err() {
+            self.in_system.fetch_sub(1, Ordering::SeqCst);
+            return Err(stopping());
         }
+        Ok(Ticket {
+            events: receiver,
+            cancel,
+        })
     }
 
     /// Refuse waiting jobs and cancel the running one.
@@ -123,17 +133,23 @@ struct Worker {
     backend: Arc<dyn Backend>,
     stopping: Arc<AtomicBool>,
     running: Arc<Mutex<Option<Arc<AtomicBool>>>>,
+    in_system: Arc<AtomicUsize>,
 }
 
 impl Worker {
     /// Runs until every sender is gone.
     fn run(self, jobs: Receiver<Queued>) {
         for queued in jobs {
+            // A job leaves the count before its last event is sent, so that a client sending
+            // its next request as soon as this one ends is never refused.
+            let finished = || self.in_system.fetch_sub(1, Ordering::SeqCst);
             if self.stopping.load(Ordering::Relaxed) {
+                finished();
                 let _ = queued.events.send(Event::Failed(stopping()));
                 continue;
             }
             if queued.cancel.load(Ordering::Relaxed) {
+                finished();
                 continue;
             }
             self.set_running(Some(queued.cancel.clone()));
@@ -143,6 +159,7 @@ impl Worker {
             }
             let last = self.generate(&queued);
             self.set_running(None);
+            finished();
             let _ = queued.events.send(last);
         }
     }
