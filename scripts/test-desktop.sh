@@ -3,7 +3,8 @@
 # system packages, npm, tauri-driver, UI build, Rust command tests, Vitest, UI tests in headless
 # Chromium against mocked IPC, and end-to-end tests in the real app window under Xvfb.
 # Screenshots and the app's log land in $ARTIFACTS_DIR (default: artifacts/desktop).
-# `--e2e-only` runs only the end-to-end tests, on the app and UI already built.
+# `--e2e-only` runs only the end-to-end tests, on the app and UI already built (`APP_BIN` names the
+# binary when it is not target/debug/gemma-chat-desktop, e.g. with a CARGO_TARGET_DIR elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -89,6 +90,6 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.1
 done
-APP_BIN="$ROOT/target/debug/gemma-chat-desktop" WEBDRIVER_PORT=$PORT npm run test:e2e
+APP_BIN="${APP_BIN:-$ROOT/target/debug/gemma-chat-desktop}" WEBDRIVER_PORT=$PORT npm run test:e2e
 import -window root "$ARTIFACTS_DIR/e2e/screen-at-end.png" 2>/dev/null || true
 step "all desktop tests passed; screenshots in $ARTIFACTS_DIR"

@@ -26,6 +26,8 @@ fn main() {
         "start_recording",
         "stop_recording",
         "cancel_recording",
+        "api_server_status",
+        "set_api_server",
     ];
     tauri_build::try_build(
         tauri_build::Attributes::new()

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use engine::chat::{Message, Part, Role as EngineRole};
 use serde::Serialize;
 
+use crate::api_server::ApiServer;
 use crate::backend::{ChatBackend, ReplyStats, StopReason};
 use crate::error::{AppError, AppResult};
 use crate::model_backend::ModelBackend;
@@ -21,9 +22,17 @@ use engine::SamplingParams;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum StreamEvent {
-    Token { text: String },
-    Done { stats: ReplyStats },
-    Error { error: AppError },
+    /// The reply waits for the local API server's requests ahead of it.
+    Waiting,
+    Token {
+        text: String,
+    },
+    Done {
+        stats: ReplyStats,
+    },
+    Error {
+        error: AppError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,11 +53,12 @@ pub const DEFAULT_TITLE: &str = "New chat";
 
 pub struct AppState {
     pub store: Arc<Store>,
-    pub worker: Worker,
+    pub worker: Arc<Worker>,
     pub recorder: Mutex<Box<dyn Recorder>>,
     pub exports_dir: PathBuf,
     pub downloads: Downloads,
     pub tokens: Tokens,
+    pub api_server: ApiServer,
 }
 
 const LOAD_SETTINGS: &str = "load_settings";
@@ -87,12 +97,17 @@ impl AppState {
         )
     }
 
-    /// Loads the model in `path` in the background and remembers it for the next start.
+    /// Loads the model in `path` (a folder or a GGUF file) in the background and remembers it
+    /// for the next start.
     pub fn open_model(&self, path: &str) -> AppResult<()> {
         let dir = PathBuf::from(path);
-        if !dir.join("config.json").is_file() {
+        if gemma3n::gguf::is_gguf(&dir) {
+            // A GGUF file: its own tokenizer and template, or the Hugging Face ones beside it.
+            engine::files::resolve_model(path, false)
+                .map_err(|e| AppError::InvalidInput(e.to_string()))?;
+        } else if !dir.join("config.json").is_file() {
             return Err(AppError::InvalidInput(format!(
-                "{path} is not a model folder: it has no config.json"
+                "{path} is not a model folder (it has no config.json) nor a GGUF file"
             )));
         }
         tracing::info!("open_model {path}");
@@ -240,10 +255,13 @@ impl AppState {
             "reply {reply_id} in conversation {conversation_id}: {} messages in",
             history.len()
         );
+        if self.worker.queued_jobs() > 0 {
+            on_event(StreamEvent::Waiting);
+        }
         reservation.run(move |backend, cancel| {
             let mut text = String::new();
             let result = catch_unwind(AssertUnwindSafe(|| {
-                backend.generate(&history, &params, cancel, &mut |piece| {
+                let report = backend.generate(&history, &params, cancel, &mut |piece| {
                     text.push_str(piece);
                     if let Err(e) =
                         store.update_reply(reply_id, &text, Status::Streaming, None, None)
@@ -253,7 +271,8 @@ impl AppState {
                     on_event(StreamEvent::Token {
                         text: piece.to_owned(),
                     });
-                })
+                })?;
+                Ok(ReplyStats::from(&report))
             }))
             .unwrap_or_else(|p| Err(AppError::Internal(panic_message(p))));
             match &result {

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use engine::chat::Message;
-use engine::SamplingParams;
+use engine::{GenerationReport, SamplingParams};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppResult;
@@ -53,6 +53,24 @@ pub struct ReplyStats {
     pub tokens_per_second: f64,
 }
 
+impl From<&GenerationReport> for ReplyStats {
+    fn from(report: &GenerationReport) -> Self {
+        Self {
+            prompt_tokens: report.prompt_tokens,
+            generated_tokens: report.token_ids.len(),
+            stop_reason: match report.stop_reason {
+                engine::StopReason::Eos => StopReason::Eos,
+                engine::StopReason::MaxTokens | engine::StopReason::ContextFull => {
+                    StopReason::MaxTokens
+                }
+                engine::StopReason::Cancelled => StopReason::Cancelled,
+            },
+            ttft_ms: report.ttft_ms,
+            tokens_per_second: report.decode_tok_s,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelInfo {
@@ -61,6 +79,8 @@ pub struct ModelInfo {
     /// The committed tiny fixture: it works, but its replies are noise.
     pub demo: bool,
     pub defaults: SamplingParams,
+    /// Longest prompt plus reply, in tokens.
+    pub context_length: usize,
 }
 
 pub trait ChatBackend: Send {
@@ -73,7 +93,7 @@ pub trait ChatBackend: Send {
         params: &SamplingParams,
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str),
-    ) -> AppResult<ReplyStats>;
+    ) -> AppResult<GenerationReport>;
 }
 
 #[cfg(test)]
@@ -116,6 +136,7 @@ pub mod scripted {
                 path: String::new(),
                 demo: true,
                 defaults: SamplingParams::default(),
+                context_length: 4096,
             }
         }
 
@@ -125,7 +146,7 @@ pub mod scripted {
             _params: &SamplingParams,
             cancel: &AtomicBool,
             on_text: &mut dyn FnMut(&str),
-        ) -> AppResult<ReplyStats> {
+        ) -> AppResult<GenerationReport> {
             self.seen.lock().unwrap().push(messages.to_vec());
             if let Some(e) = &self.fail_with {
                 return Err(e.clone());
@@ -133,23 +154,29 @@ pub mod scripted {
             if self.panic {
                 panic!("scripted backend panics");
             }
-            let mut stop_reason = StopReason::Eos;
-            let mut generated = 0;
-            for piece in &self.pieces {
+            let mut stop_reason = engine::StopReason::Eos;
+            let mut text = String::new();
+            let mut token_ids = Vec::new();
+            for (id, piece) in self.pieces.iter().enumerate() {
                 if cancel.load(Ordering::SeqCst) {
-                    stop_reason = StopReason::Cancelled;
+                    stop_reason = engine::StopReason::Cancelled;
                     break;
                 }
                 on_text(piece);
-                generated += 1;
+                text.push_str(piece);
+                token_ids.push(id as u32);
                 std::thread::sleep(self.delay);
             }
-            Ok(ReplyStats {
+            Ok(GenerationReport {
+                token_ids,
+                text,
                 prompt_tokens: messages.len(),
-                generated_tokens: generated,
+                reused_tokens: 0,
                 stop_reason,
                 ttft_ms: 1.0,
-                tokens_per_second: 100.0,
+                prefill_tok_s: 100.0,
+                decode_tok_s: 100.0,
+                audio_splits: Vec::new(),
             })
         }
     }

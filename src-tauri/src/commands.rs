@@ -1,8 +1,9 @@
 //! The IPC surface: each command hands straight to `AppState`.
 
 use tauri::ipc::{Channel, InvokeBody, Request, Response};
-use tauri::State;
+use tauri::{AppHandle, Manager, Runtime, State};
 
+use crate::api_server::{ApiServerRequest, ApiServerStatus};
 use crate::app::{AppState, Exported, ReplyStarted, StreamEvent, DEFAULT_TITLE};
 use crate::backend::validate_sampling;
 use crate::error::{AppError, AppResult};
@@ -204,6 +205,25 @@ pub fn stop_recording(state: State<'_, AppState>) -> AppResult<Attachment> {
 #[tauri::command]
 pub fn cancel_recording(state: State<'_, AppState>) {
     state.cancel_recording()
+}
+
+#[tauri::command]
+pub fn api_server_status(state: State<'_, AppState>) -> ApiServerStatus {
+    state.api_server.status()
+}
+
+/// Switch the local API server on or off, or move it to another port. On a blocking thread:
+/// stopping waits for a running request to end at its next token, which must not hold up the
+/// window, and the server starts its own runtime, which it cannot do on an async one.
+#[tauri::command]
+pub async fn set_api_server<R: Runtime>(
+    app: AppHandle<R>,
+    settings: ApiServerRequest,
+) -> AppResult<ApiServerStatus> {
+    let settings = settings.validate()?;
+    tauri::async_runtime::spawn_blocking(move || app.state::<AppState>().api_server.set(settings))
+        .await
+        .map_err(|e| AppError::Internal(format!("switching the API server: {e}")))?
 }
 
 /// `%XX` escapes as produced by `encodeURIComponent`.

@@ -20,6 +20,9 @@ pub enum AppError {
     Recording(String),
     #[error("{0}")]
     Download(String),
+    /// The local API server could not start (say, its port is taken).
+    #[error("{0}")]
+    ApiServer(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error("{0}")]
@@ -41,6 +44,7 @@ impl AppError {
             AppError::Model(_) => "model",
             AppError::Recording(_) => "recording",
             AppError::Download(_) => "download",
+            AppError::ApiServer(_) => "apiServer",
             AppError::Storage(_) => "storage",
             AppError::Io(_) => "io",
             AppError::Internal(_) => "internal",

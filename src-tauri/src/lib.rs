@@ -1,5 +1,6 @@
 //! Gemma Chat: the Tauri shell around the engine.
 
+pub mod api_server;
 pub mod app;
 pub mod backend;
 pub mod commands;
@@ -22,6 +23,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
 
+use api_server::ApiServer;
 use app::AppState;
 use models::{hub_sources, Downloads, Keychain, Tokens};
 use recorder::{FileSource, Microphone, Recorder};
@@ -57,6 +59,8 @@ macro_rules! handlers {
             $crate::commands::start_recording,
             $crate::commands::stop_recording,
             $crate::commands::cancel_recording,
+            $crate::commands::api_server_status,
+            $crate::commands::set_api_server,
         ]
     };
 }
@@ -103,17 +107,18 @@ fn init<R: Runtime>(app: &tauri::AppHandle<R>) -> Result<AppState, Box<dyn std::
         .download_dir()
         .unwrap_or_else(|_| data_dir.join("exports"));
     let events = app.clone();
-    let worker = Worker::spawn(move |status| {
+    let worker = Arc::new(Worker::spawn(move |status| {
         if let Err(e) = events.emit("model-status", status) {
             tracing::warn!("telling the window the model status: {e}");
         }
-    });
+    }));
     let recorder: Box<dyn Recorder> = match std::env::var_os("GEMMA_CHAT_TEST_MIC") {
         Some(path) => Box::new(FileSource::new(path.into())),
         None => Box::new(Microphone::new(MAX_RECORDING_SECONDS)),
     };
     let (model_dir, demo) = model_to_load(app, &store);
     let state = AppState {
+        api_server: ApiServer::new(worker.clone(), store.clone()),
         store,
         worker,
         recorder: Mutex::new(recorder),
@@ -122,6 +127,8 @@ fn init<R: Runtime>(app: &tauri::AppHandle<R>) -> Result<AppState, Box<dyn std::
         tokens: Tokens::new(Box::new(Keychain)),
     };
     state.load_model(model_dir, demo)?;
+    // Left on last time: serving again (or saying why not) before the window asks.
+    state.api_server.resume();
     Ok(state)
 }
 
@@ -174,7 +181,51 @@ fn init_logging<R: Runtime>(app: &tauri::AppHandle<R>) {
     }
 }
 
+/// Why no window can be opened, when there is no display to open it on. Checked before Tauri
+/// starts, as its windowing library panics without one.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "dragonfly",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd"
+))]
+fn no_display() -> Option<String> {
+    if gtk::init().is_ok() {
+        return None;
+    }
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let which = match (var("WAYLAND_DISPLAY"), var("DISPLAY")) {
+        (None, None) => "DISPLAY and WAYLAND_DISPLAY are unset".to_string(),
+        (Some(w), _) => format!("WAYLAND_DISPLAY={w} could not be opened"),
+        (None, Some(x)) => format!("DISPLAY={x} could not be opened"),
+    };
+    Some(format!(
+        "Gemma Chat needs a graphical display and found none ({which}); without one, use the \
+         command line: `gemma-chat chat --model M` to chat, `gemma-chat serve --model M` for the \
+         OpenAI-compatible API"
+    ))
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "dragonfly",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd"
+)))]
+fn no_display() -> Option<String> {
+    None
+}
+
+/// Exit status when no window can be shown.
+const NO_DISPLAY_EXIT: i32 = 2;
+
 pub fn run() {
+    if let Some(why) = no_display() {
+        eprintln!("{why}");
+        std::process::exit(NO_DISPLAY_EXIT);
+    }
     tauri::Builder::default()
         .plugin(tauri_plugin_dialog::init())
         .setup(|app| {

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use engine::chat::Message;
-use engine::{Engine, LoadOptions, SamplingParams};
+use engine::{Engine, GenerationReport, LoadOptions, SamplingParams};
 
-use crate::backend::{ChatBackend, ModelInfo, ReplyStats, StopReason};
+use crate::backend::{ChatBackend, ModelInfo};
 use crate::error::{AppError, AppResult};
 
 pub struct ModelBackend {
@@ -17,7 +17,7 @@ pub struct ModelBackend {
 
 impl ModelBackend {
     pub fn load(dir: &Path, demo: bool, options: &LoadOptions) -> AppResult<Self> {
-        if !dir.join("config.json").is_file() {
+        if !dir.join("config.json").is_file() && !gemma3n::gguf::is_gguf(dir) {
             return Err(AppError::Model(format!(
                 "{} is not a model folder: it has no config.json",
                 dir.display()
@@ -37,6 +37,7 @@ impl ModelBackend {
                 path: dir.display().to_string(),
                 demo,
                 defaults: engine.default_sampling(),
+                context_length: engine.context_length(),
             },
             engine,
         })
@@ -54,21 +55,8 @@ impl ChatBackend for ModelBackend {
         params: &SamplingParams,
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str),
-    ) -> AppResult<ReplyStats> {
-        let report = self.engine.generate(messages, params, cancel, on_text)?;
-        Ok(ReplyStats {
-            prompt_tokens: report.prompt_tokens,
-            generated_tokens: report.token_ids.len(),
-            stop_reason: match report.stop_reason {
-                engine::StopReason::Eos => StopReason::Eos,
-                engine::StopReason::MaxTokens | engine::StopReason::ContextFull => {
-                    StopReason::MaxTokens
-                }
-                engine::StopReason::Cancelled => StopReason::Cancelled,
-            },
-            ttft_ms: report.ttft_ms,
-            tokens_per_second: report.decode_tok_s,
-        })
+    ) -> AppResult<GenerationReport> {
+        Ok(self.engine.generate(messages, params, cancel, on_text)?)
     }
 }
 

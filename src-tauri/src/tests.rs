@@ -13,6 +13,7 @@ use tauri::test::{get_ipc_response, mock_builder, MockRuntime, INVOKE_KEY};
 use tauri::webview::InvokeRequest;
 use tauri::{Manager, WebviewWindow};
 
+use crate::api_server::{ApiServer, ApiServerSettings};
 use crate::app::{to_engine_messages, AppState, StreamEvent};
 use crate::backend::scripted::ScriptedBackend;
 use crate::backend::{ChatBackend, StopReason};
@@ -42,7 +43,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn state(dir: &Path, backend: ScriptedBackend, recorder: Box<dyn Recorder>) -> AppState {
-    let worker = Worker::spawn(|_| {});
+    let worker = Arc::new(Worker::spawn(|_| {}));
     worker
         .load(
             "scripted".into(),
@@ -52,8 +53,10 @@ fn state(dir: &Path, backend: ScriptedBackend, recorder: Box<dyn Recorder>) -> A
     wait_for("the model", || {
         matches!(worker.status(), ModelStatus::Ready { .. })
     });
+    let store = Arc::new(Store::open(dir).unwrap());
     AppState {
-        store: Arc::new(Store::open(dir).unwrap()),
+        api_server: ApiServer::new(worker.clone(), store.clone()),
+        store,
         worker,
         recorder: Mutex::new(recorder),
         exports_dir: dir.join("exports"),
@@ -74,7 +77,7 @@ fn drain(rx: &Receiver<StreamEvent>) -> Vec<StreamEvent> {
         let e = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("reply ended");
-        let end = !matches!(e, StreamEvent::Token { .. });
+        let end = !matches!(e, StreamEvent::Token { .. } | StreamEvent::Waiting);
         events.push(e);
         if end {
             return events;
@@ -362,9 +365,14 @@ fn backend_errors_and_panics_reach_the_ui_as_typed_errors() {
 #[test]
 fn no_model_means_a_clear_refusal() {
     let dir = tempfile::tempdir().unwrap();
+    let (store, worker) = (
+        Arc::new(Store::open(dir.path()).unwrap()),
+        Arc::new(Worker::spawn(|_| {})),
+    );
     let s = AppState {
-        store: Arc::new(Store::open(dir.path()).unwrap()),
-        worker: Worker::spawn(|_| {}),
+        api_server: ApiServer::new(worker.clone(), store.clone()),
+        store,
+        worker,
         recorder: Mutex::new(Box::new(Unavailable)),
         exports_dir: dir.path().join("exports"),
         downloads: Downloads::new(
@@ -886,6 +894,17 @@ fn load_settings_are_checked_saved_and_used_for_the_next_load() {
         "{:?}",
         state.worker.status()
     );
+    // So does a GGUF file with nothing beside it.
+    let lone = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/lone/G-f32.gguf");
+    invoke(&w, "open_model", json!({"path": lone})).unwrap();
+    wait_for("the GGUF model", || {
+        !matches!(state.worker.status(), ModelStatus::Loading { .. })
+    });
+    assert!(
+        matches!(state.worker.status(), ModelStatus::Ready { .. }),
+        "{:?}",
+        state.worker.status()
+    );
 }
 
 #[test]
@@ -1077,4 +1096,200 @@ fn the_window_may_open_the_folder_picker_and_no_other_dialog() {
             "plugin:dialog|{cmd}: {err}"
         );
     }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// POSTs `body` to the local API server; the status code and the JSON answer.
+fn api_post(port: u16, path: &str, body: &Value) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, json) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+fn api_chat(port: u16, text: &str) -> (u16, Value) {
+    api_post(
+        port,
+        "/v1/chat/completions",
+        &json!({"model": "gemma-3n-demo", "messages": [{"role": "user", "content": text}]}),
+    )
+}
+
+fn tokens_of(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Token { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_api_server_is_off_by_default_then_serves_the_model_and_remembers_its_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(
+        dir.path(),
+        ScriptedBackend::new(&["Hel", "lo"]),
+        Box::new(Unavailable),
+    );
+    let off = s.api_server.status();
+    assert_eq!(off.settings, ApiServerSettings::default());
+    assert_eq!((off.settings.enabled, off.settings.port), (false, 8080));
+    assert_eq!((off.url, off.curl, off.error), (None, None, None));
+
+    let port = free_port();
+    let on = s
+        .api_server
+        .set(ApiServerSettings {
+            enabled: true,
+            port,
+        })
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/v1");
+    assert_eq!(on.url.as_deref(), Some(base.as_str()));
+    assert_eq!(on.model, "gemma-3n-demo");
+    let curl = on.curl.unwrap();
+    assert!(
+        curl.starts_with(&format!("curl {base}/chat/completions")),
+        "{curl}"
+    );
+    assert!(curl.contains("\"model\": \"gemma-3n-demo\""), "{curl}");
+
+    let (code, reply) = api_chat(port, "Hi");
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["choices"][0]["message"]["content"], "Hello");
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    // The API's conversations are not the app's.
+    assert!(s.store.list_conversations("").unwrap().is_empty());
+
+    // Remembered for the next start of the app.
+    let next = ApiServer::new(s.worker.clone(), s.store.clone());
+    assert_eq!(
+        next.settings(),
+        ApiServerSettings {
+            enabled: true,
+            port
+        }
+    );
+
+    let off = s
+        .api_server
+        .set(ApiServerSettings {
+            enabled: false,
+            port,
+        })
+        .unwrap();
+    assert_eq!(off.url, None);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the port is closed"
+    );
+}
+
+#[test]
+fn chats_and_api_requests_take_turns_on_the_one_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = ScriptedBackend::new(&["a", "b", "c", "d"]);
+    backend.delay = Duration::from_millis(60);
+    let s = state(dir.path(), backend, Box::new(Unavailable));
+    let port = free_port();
+    s.api_server
+        .set(ApiServerSettings {
+            enabled: true,
+            port,
+        })
+        .unwrap();
+    let conv = s.store.create_conversation("t").unwrap().id;
+
+    // A request while a chat reply runs waits for it, then gets its own whole answer.
+    let (tx, rx) = collector();
+    s.send_message(conv, "one", &[], tx).unwrap();
+    let api = std::thread::spawn(move || api_chat(port, "two"));
+    let events = drain(&rx);
+    assert!(!events.contains(&StreamEvent::Waiting));
+    assert_eq!(tokens_of(&events), "abcd");
+    let (code, reply) = api.join().unwrap();
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["choices"][0]["message"]["content"], "abcd");
+
+    // A chat message while a request runs waits too, and says so; the app's Stop is for the
+    // app's own reply and leaves the request alone.
+    wait_for("the slot", || !s.worker.is_busy());
+    let api = std::thread::spawn(move || api_chat(port, "three"));
+    wait_for("the request", || s.worker.queued_jobs() > 0);
+    s.worker.stop();
+    let (tx, rx) = collector();
+    s.send_message(conv, "four", &[], tx).unwrap();
+    let events = drain(&rx);
+    assert_eq!(events.first(), Some(&StreamEvent::Waiting));
+    assert_eq!(tokens_of(&events), "abcd");
+    assert!(
+        matches!(events.last(), Some(StreamEvent::Done { stats }) if stats.stop_reason == StopReason::Eos)
+    );
+    let (code, reply) = api.join().unwrap();
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["choices"][0]["message"]["content"], "abcd");
+}
+
+#[test]
+fn a_taken_port_is_said_in_the_status_and_a_bad_port_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(
+        dir.path(),
+        ScriptedBackend::new(&["x"]),
+        Box::new(Unavailable),
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (_app, webview) = mock_app(s);
+    let status = invoke(
+        &webview,
+        "set_api_server",
+        json!({"settings": {"enabled": true, "port": port}}),
+    )
+    .unwrap();
+    assert_eq!(status["settings"], json!({"enabled": true, "port": port}));
+    assert_eq!(status["url"], Value::Null);
+    assert_eq!(status["error"]["kind"], "apiServer");
+    let message = status["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}"))
+            && message.contains("another program is using this port"),
+        "{message}"
+    );
+    for bad in [json!(0), json!(70000), json!(80.5), Value::Null] {
+        let err = invoke(
+            &webview,
+            "set_api_server",
+            json!({"settings": {"enabled": true, "port": bad}}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            json!({"kind": "invalidInput", "message": "the port must be a whole number from 1 to 65535"})
+        );
+    }
+    assert_eq!(
+        invoke(&webview, "api_server_status", json!({})).unwrap()["settings"],
+        json!({"enabled": true, "port": port})
+    );
 }

@@ -1,7 +1,9 @@
-//! The thread that owns the model: loads it in the background, then runs one reply at a time.
+//! The thread that owns the model: loads it in the background, then runs one generation at a
+//! time, in the order they were asked for: the app's replies and the local API server's requests
+//! take turns on the one model.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -31,7 +33,7 @@ pub enum ModelStatus {
 
 /// Loads a model, reporting the fraction of its weights read through the `ProgressFn`.
 pub type Loader = Box<dyn FnOnce(ProgressFn) -> AppResult<Box<dyn ChatBackend>> + Send>;
-type Job = Box<dyn FnOnce(&mut dyn ChatBackend, &AtomicBool) + Send>;
+type Job = Box<dyn FnOnce(&mut dyn ChatBackend) + Send>;
 
 enum Command {
     Load { path: String, loader: Loader },
@@ -45,6 +47,8 @@ pub struct Worker {
     cancel: Arc<AtomicBool>,
     /// The conversation whose reply is being generated, if any.
     active: Arc<Mutex<Option<i64>>>,
+    /// Jobs queued outside the reply slot (the API server's) and not finished yet.
+    queued: Arc<AtomicUsize>,
 }
 
 /// Clears the busy flag when a job ends, even by panic.
@@ -74,7 +78,7 @@ impl Worker {
         let busy = Arc::new(AtomicBool::new(false));
         let cancel = Arc::new(AtomicBool::new(false));
         let active = Arc::new(Mutex::new(None));
-        let (thread_status, thread_cancel) = (status.clone(), cancel.clone());
+        let thread_status = status.clone();
         std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
@@ -128,9 +132,10 @@ impl Worker {
                             }
                         }
                         Command::Run(job) => {
+                            // Without a model the job is dropped unrun, which its owner hears.
                             if let Some(b) = backend.as_deref_mut() {
                                 // The job reports its own outcome; a panic inside is contained.
-                                let _ = catch_unwind(AssertUnwindSafe(|| job(b, &thread_cancel)));
+                                let _ = catch_unwind(AssertUnwindSafe(|| job(b)));
                             }
                         }
                     }
@@ -143,6 +148,7 @@ impl Worker {
             busy,
             cancel,
             active,
+            queued: Arc::default(),
         }
     }
 
@@ -197,7 +203,30 @@ impl Worker {
         })
     }
 
-    /// Ask the running reply to stop at the next token.
+    /// Run `job` on the model thread after the generations already asked for, outside the
+    /// app's reply slot: for the local API server, whose own queue allows one at a time.
+    pub fn queue(&self, job: impl FnOnce(&mut dyn ChatBackend) + Send + 'static) -> AppResult<()> {
+        // Counted until the job ends or is dropped unrun.
+        struct Queued(Arc<AtomicUsize>);
+        impl Drop for Queued {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let queued = Queued(self.queued.clone());
+        self.send(Command::Run(Box::new(move |b: &mut dyn ChatBackend| {
+            let _queued = queued;
+            job(b)
+        })))
+    }
+
+    /// Jobs from [`Worker::queue`] that a reply asked for now waits behind.
+    pub fn queued_jobs(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Ask the app's running reply to stop at the next token.
     pub fn stop(&self) {
         self.cancel.store(true, Ordering::SeqCst);
     }
@@ -228,12 +257,12 @@ impl Reservation<'_> {
         job: impl FnOnce(&mut dyn ChatBackend, &AtomicBool) -> Finish + Send + 'static,
     ) -> AppResult<()> {
         let guard = self.guard.take().expect("a reservation runs once");
-        self.worker.send(Command::Run(Box::new(
-            move |b: &mut dyn ChatBackend, cancel: &AtomicBool| {
-                let finish = job(b, cancel);
+        let cancel = self.worker.cancel.clone();
+        self.worker
+            .send(Command::Run(Box::new(move |b: &mut dyn ChatBackend| {
+                let finish = job(b, &cancel);
                 drop(guard);
                 finish()
-            },
-        )))
+            })))
     }
 }

@@ -67,7 +67,10 @@ def gguf_tensors(weights: dict[str, np.ndarray], cfg: dict) -> dict[str, np.ndar
     return out
 
 
-def write(path: Path, tensors: dict[str, np.ndarray], cfg: dict, qtype: str) -> None:
+def write(path: Path, tensors: dict[str, np.ndarray], cfg: dict, qtype: str, legacy: bool = False) -> None:
+    """`legacy`: the mid-2025 converter's dialect (no `rope.freq_base_swa`, no
+    `final_logit_softcapping`, `shared_kv_layers` as a float, `token_embd` cut to the per-layer
+    vocabulary as 262,144 rows were cut from 262,400)."""
     w = gguf.GGUFWriter(str(path), "gemma3n")
     arch = "gemma3n"
     n = cfg["num_hidden_layers"]
@@ -80,16 +83,21 @@ def write(path: Path, tensors: dict[str, np.ndarray], cfg: dict, qtype: str) -> 
     w.add_uint32(f"{arch}.attention.head_count_kv", cfg["num_key_value_heads"])
     rope = cfg["rope_parameters"]
     w.add_float32(f"{arch}.rope.freq_base", rope["full_attention"]["rope_theta"])
-    w.add_float32(f"{arch}.rope.freq_base_swa", rope["sliding_attention"]["rope_theta"])
+    if not legacy:
+        w.add_float32(f"{arch}.rope.freq_base_swa", rope["sliding_attention"]["rope_theta"])
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"])
     w.add_uint32(f"{arch}.attention.key_length", cfg["head_dim"])
     w.add_uint32(f"{arch}.attention.value_length", cfg["head_dim"])
-    w.add_float32(f"{arch}.final_logit_softcapping", cfg["final_logit_softcapping"])
+    if not legacy:
+        w.add_float32(f"{arch}.final_logit_softcapping", cfg["final_logit_softcapping"])
     w.add_uint32(f"{arch}.attention.sliding_window", cfg["sliding_window"])
     w.add_uint32(f"{arch}.altup.active_idx", cfg["altup_active_idx"])
     w.add_uint32(f"{arch}.altup.num_inputs", cfg["altup_num_inputs"])
     w.add_uint32(f"{arch}.embedding_length_per_layer_input", cfg["hidden_size_per_layer_input"])
-    w.add_uint32(f"{arch}.attention.shared_kv_layers", cfg["num_kv_shared_layers"])
+    if legacy:
+        w.add_float32(f"{arch}.attention.shared_kv_layers", float(cfg["num_kv_shared_layers"]))
+    else:
+        w.add_uint32(f"{arch}.attention.shared_kv_layers", cfg["num_kv_shared_layers"])
     # the converter's arithmetic: a float32 icdf (-inf for dense layers)
     normal = torch.distributions.normal.Normal(0, 1)
     scale = [normal.icdf(torch.tensor(s, dtype=torch.float32)).item()
@@ -99,6 +107,8 @@ def write(path: Path, tensors: dict[str, np.ndarray], cfg: dict, qtype: str) -> 
                 [t == "sliding_attention" for t in cfg["layer_types"]])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "q8_0" else gguf.LlamaFileType.ALL_F32)
     for name, value in tensors.items():
+        if legacy and name in ("token_embd.weight", "per_layer_token_embd.weight"):
+            value = value[:cfg["vocab_size_per_layer_input"]]
         keep_f32 = value.ndim == 1 or "altup_correct_coef" in name or "altup_predict_coef" in name
         if qtype == "f32" or keep_f32:
             w.add_tensor(name, value)
@@ -111,6 +121,39 @@ def write(path: Path, tensors: dict[str, np.ndarray], cfg: dict, qtype: str) -> 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+# Every block type candle reads, as llama.cpp's quantisation presets write them for Gemma 3n.
+QUANT_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+               "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+
+def make_quant_types(path: Path, golden: Path) -> None:
+    """One [2, 512] tensor per block type, of random block bytes (blocks whose decoded values are
+    not finite or exceed 1e4 are redrawn), and gguf-py's dequantisation of each as the golden."""
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(7)
+    w = gguf.GGUFWriter(str(path), "quant_types")
+    expected = {}
+    for name in QUANT_TYPES:
+        qtype = gguf.GGMLQuantizationType[name]
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        blocks = []
+        while len(blocks) < 2 * 512 // block:
+            raw = rng.integers(0, 256, size, dtype=np.uint8)
+            with np.errstate(all="ignore"):  # rejected draws may overflow
+                values = gguf.quants.dequantize(raw, qtype)
+            if np.all(np.isfinite(values)) and np.abs(values).max() < 1e4:
+                blocks.append(raw)
+        raw = np.concatenate(blocks).reshape(2, -1)
+        w.add_tensor(name, raw, raw_dtype=qtype)
+        expected[name] = gguf.quants.dequantize(raw, qtype).astype(np.float32).reshape(2, 512)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    save_file(expected, str(golden))
+    print(path, path.stat().st_size, "bytes")
 
 
 def main() -> None:
@@ -126,6 +169,18 @@ def main() -> None:
         path = args.out / f"{args.variant}-{qtype}.gguf"
         write(path, tensors, cfg, qtype)
         print(path, path.stat().st_size, "bytes")
+    legacy = args.out / f"{args.variant}-legacy.gguf"
+    write(legacy, tensors, cfg, "f32", legacy=True)
+    print(legacy, legacy.stat().st_size, "bytes")
+    # An i-quant file (as the IQ presets write): refused, naming the tensor and its type.
+    w = gguf.GGUFWriter(str(args.out / "iq4_xs.gguf"), "gemma3n")
+    w.add_tensor("blk.0.ffn_down.weight", np.zeros((1, 136), np.uint8),
+                 raw_dtype=gguf.GGMLQuantizationType.IQ4_XS)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    make_quant_types(args.out / "quant_types.gguf", args.out / "quant_types.safetensors")
     for name in COMPANIONS:
         shutil.copy(src / name, args.out / name)
 

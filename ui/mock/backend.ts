@@ -2,7 +2,7 @@
 // Tests steer it through `window.__mock`.
 import { emit } from '@tauri-apps/api/event';
 import { mockIPC } from '@tauri-apps/api/mocks';
-import type { Attachment, Conversation, DownloadEvent, ModelStatus, ModelsOverview, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
+import type { ApiServerSettings, ApiServerStatus, Attachment, Conversation, DownloadEvent, ModelStatus, ModelsOverview, ReplyStats, StoredMessage, StreamEvent } from '../src/api';
 
 interface MockControl {
   /** Pieces of the next replies. */
@@ -20,6 +20,12 @@ interface MockControl {
   loadStopsAt: number | null;
   /** What the native folder picker answers: the chosen folder, or null for Cancel. */
   folderPick: string | null;
+  /** The Local API server's saved settings. */
+  apiServer: ApiServerSettings;
+  /** How long the next reply waits for a Local API server request first (0: none). */
+  apiBusyMs: number;
+  /** A port another program holds: switching the server on there fails. */
+  takenPort: number | null;
 }
 
 declare global {
@@ -52,6 +58,9 @@ const control: MockControl = {
   downloadFails: false,
   loadStopsAt: null,
   folderPick: null,
+  apiServer: { enabled: false, port: 8080 },
+  takenPort: null,
+  apiBusyMs: 0,
 };
 window.__mock = control;
 
@@ -82,6 +91,9 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
   let index = 0;
   const send = (message: StreamEvent) => window.__TAURI_INTERNALS__.runCallback(channel.id, { index: index++, message });
   const started = performance.now();
+  const waitMs = control.apiBusyMs;
+  control.apiBusyMs = 0;
+  if (waitMs > 0) setTimeout(() => send({ event: 'waiting' }), 0);
   setTimeout(async () => {
     let n = 0;
     for (const piece of control.reply) {
@@ -98,11 +110,11 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
     send({ event: 'done', stats });
     window.__TAURI_INTERNALS__.runCallback(channel.id, { index, end: true });
     void started;
-  }, 0);
+  }, waitMs);
   return Promise.resolve();
 }
 
-let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults } };
+let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults, contextLength: 4096 } };
 
 /** As on the model thread: every status change is announced. */
 async function setModelStatus(status: ModelStatus): Promise<void> {
@@ -115,7 +127,20 @@ async function loadModel(path: string): Promise<void> {
   await setModelStatus({ state: 'loading', path, progress: 0 });
   if (control.loadStopsAt != null) return setModelStatus({ state: 'loading', path, progress: control.loadStopsAt });
   const repo = /models--(.+?)\/snapshots\//.exec(path)?.[1].replace('--', '/');
-  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults } });
+  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults, contextLength: 4096 } });
+}
+
+/** As the backend reports it: serving when on, unless the port is taken. */
+function apiServerStatus(): ApiServerStatus {
+  const { enabled, port } = control.apiServer;
+  const taken = enabled && port === control.takenPort;
+  return {
+    settings: { ...control.apiServer },
+    url: enabled && !taken ? `http://127.0.0.1:${port}/v1` : null,
+    model: 'gemma-3n-demo',
+    curl: enabled && !taken ? `curl http://127.0.0.1:${port}/v1/chat/completions -H 'Content-Type: application/json' -d '{"model": "gemma-3n-demo", "messages": [{"role": "user", "content": "Hello!"}]}'` : null,
+    error: taken ? { kind: 'apiServer', message: `port ${port} on 127.0.0.1 is already in use by another program; choose another port` } : null,
+  };
 }
 
 let cancelDownload = false;
@@ -264,6 +289,14 @@ mockIPC(async (cmd, raw) => {
       return null;
     case 'export_conversation':
       return { path: `/tmp/export-${args.conversationId}.${args.format === 'json' ? 'json' : 'md'}`, content: '' };
+    case 'api_server_status':
+      return apiServerStatus();
+    case 'set_api_server': {
+      const { enabled, port } = args.settings as ApiServerSettings;
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw { kind: 'invalidInput', message: 'the port must be a whole number from 1 to 65535' };
+      control.apiServer = { enabled, port };
+      return apiServerStatus();
+    }
     case 'start_recording':
       throw { kind: 'recording', message: 'recording is not available in this build' };
     default:

@@ -15,6 +15,7 @@ export interface ModelInfo {
   path: string;
   demo: boolean;
   defaults: Sampling;
+  contextLength: number;
 }
 
 export type ModelStatus =
@@ -69,6 +70,8 @@ export interface Conversation extends ConversationSummary {
 }
 
 export type StreamEvent =
+  /** The reply waits for the Local API server's requests ahead of it. */
+  | { event: 'waiting' }
   | { event: 'token'; text: string }
   | { event: 'done'; stats: ReplyStats }
   | { event: 'error'; error: AppError };
@@ -123,6 +126,24 @@ export type DownloadEvent =
   | { event: 'done'; path: string }
   | { event: 'cancelled' }
   | { event: 'error'; error: AppError };
+
+/** The Local API server's switch and port, as saved. */
+export interface ApiServerSettings {
+  enabled: boolean;
+  port: number;
+}
+
+export interface ApiServerStatus {
+  settings: ApiServerSettings;
+  /** While serving: the API's base URL, e.g. `http://127.0.0.1:8080/v1`. */
+  url: string | null;
+  /** The model name clients send. */
+  model: string;
+  /** While serving: a `curl` command that asks the model one question. */
+  curl: string | null;
+  /** Why it is not serving though switched on (say, the port is taken). */
+  error: AppError | null;
+}
 
 /** Errors from the backend arrive as `{kind, message}`; anything else is wrapped. */
 export function asAppError(e: unknown): AppError {
@@ -198,4 +219,6 @@ export const api = {
   },
   stopRecording: () => invoke<Attachment>('stop_recording'),
   cancelRecording: () => invoke<void>('cancel_recording'),
+  apiServerStatus: () => invoke<ApiServerStatus>('api_server_status'),
+  setApiServer: (settings: ApiServerSettings) => invoke<ApiServerStatus>('set_api_server', { settings }),
 };

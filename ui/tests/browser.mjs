@@ -297,6 +297,66 @@ test('Open model folder… opens the folder chosen in the native picker; Cancel 
   assert.deepEqual(calls, [dialog, dialog, { cmd: 'open_model', args: { path: '/home/me/models/gemma-3n-E4B-it' } }]);
 });
 
+test('the Local API server panel switches on, shows the URL and a curl, and says when the port is taken', async () => {
+  await page.getByRole('button', { name: 'Local API server' }).click();
+  const panel = page.getByRole('region', { name: 'Local API server' });
+  // Off by default, on the default port.
+  await panel.getByText('Off.', { exact: true }).waitFor();
+  assert.equal(await panel.getByRole('switch', { name: 'Serve the API' }).isChecked(), false);
+  assert.equal(await panel.getByRole('spinbutton', { name: 'Port' }).inputValue(), '8080');
+  await page.evaluate(() => {
+    Object.defineProperty(navigator, 'clipboard', { value: { writeText: async (t) => { window.__copied = t; } } });
+  });
+
+  await panel.getByRole('switch', { name: 'Serve the API' }).check();
+  await panel.getByText('Serving at http://127.0.0.1:8080/v1 — loopback only').waitFor();
+  assert.equal(await panel.getByLabel('API base URL', { exact: true }).textContent(), 'http://127.0.0.1:8080/v1');
+  const curl = await panel.getByLabel('curl example', { exact: true }).textContent();
+  assert.match(curl, /^curl http:\/\/127\.0\.0\.1:8080\/v1\/chat\/completions/);
+  assert.match(curl, /"model": "gemma-3n-demo"/);
+  await panel.getByRole('button', { name: 'Copy curl example' }).click();
+  assert.equal(await page.evaluate(() => window.__copied), curl);
+  assert.equal(await page.getByRole('button', { name: 'Local API server' }).textContent(), 'API server: on');
+  await page.screenshot({ path: join(shots, 'api-server.png') });
+
+  // A port another program holds: said in the panel, and the switch stays on to retry.
+  await page.evaluate(() => { window.__mock.takenPort = 8081; });
+  await panel.getByRole('spinbutton', { name: 'Port' }).fill('8081');
+  await panel.getByRole('spinbutton', { name: 'Port' }).press('Enter');
+  await panel.getByText('Not serving: port 8081 on 127.0.0.1 is already in use by another program; choose another port').waitFor();
+  assert.equal(await page.getByRole('button', { name: 'Local API server' }).textContent(), 'API server');
+  await page.screenshot({ path: join(shots, 'api-server-port-taken.png') });
+
+  // A port out of range is refused; the panel keeps showing what runs.
+  await panel.getByRole('spinbutton', { name: 'Port' }).fill('70000');
+  await panel.getByRole('spinbutton', { name: 'Port' }).press('Enter');
+  await page.locator('.alert[data-kind="invalidInput"]').getByText('the port must be a whole number from 1 to 65535').waitFor();
+  await panel.getByRole('spinbutton', { name: 'Port' }).fill('8082');
+  await panel.getByRole('spinbutton', { name: 'Port' }).press('Enter');
+  await panel.getByText('Serving at http://127.0.0.1:8082/v1 — loopback only').waitFor();
+
+  await panel.getByRole('switch', { name: 'Serve the API' }).uncheck();
+  await panel.getByText('Off.', { exact: true }).waitFor();
+  assert.equal(await panel.getByLabel('curl example', { exact: true }).count(), 0);
+  const calls = await page.evaluate(() => window.__mock.calls.filter((c) => c.cmd === 'set_api_server').map((c) => c.args.settings));
+  assert.deepEqual(calls, [
+    { enabled: true, port: 8080 }, { enabled: true, port: 8081 }, { enabled: true, port: 70000 },
+    { enabled: true, port: 8082 }, { enabled: false, port: 8082 },
+  ]);
+  await panel.getByRole('button', { name: 'Close API server settings' }).click();
+  assert.equal(await panel.isHidden(), true);
+});
+
+test('a message sent while the API server answers a request waits, and says so', async () => {
+  await page.evaluate(() => { window.__mock.apiBusyMs = 600; window.__mock.reply = ['after', ' the API']; });
+  await send('Are you free?');
+  const waiting = lastReply().getByRole('note').filter({ hasText: 'Waiting for the Local API server to finish its request…' });
+  await waiting.waitFor();
+  await lastReply().locator('.stats').waitFor();
+  assert.equal(await waiting.count(), 0);
+  assert.equal((await lastReply().locator('.content').textContent()).trim(), 'after the API');
+});
+
 test('dark theme follows the OS', async () => {
   await page.context().close();
   await openApp('dark');

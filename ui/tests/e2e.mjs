@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTcpServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -248,6 +249,51 @@ e2e('deleting a chat asks in the window; Cancel keeps it', async () => {
   await (await $('dialog[open] button[aria-label="Confirm delete"]')).click();
   await app.waitUntil(async () => !(await ids()).includes(id), { timeout: 10000, timeoutMsg: 'the chat was not deleted' });
   assert.deepEqual(await ids(), before);
+});
+
+/** A port nothing listens on now, for the app's Local API server. */
+async function freePort() {
+  const probe = createTcpServer();
+  await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address();
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+e2e('the Local API server switches on, answers from the demo model, and closes its port when off', async () => {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}/v1`;
+  await (await $('button[aria-label="Local API server"]')).click();
+  await waitText('section[aria-label="Local API server"] .api-state', /^Off\.$/, 20000);
+  // The port typed, then the switch, which applies both (one render, so no stale element).
+  await app.execute((p) => {
+    document.querySelector('input[aria-label="Port"]').value = String(p);
+    document.querySelector('input[aria-label="Serve the API"]').click();
+  }, port);
+  await waitText('section[aria-label="Local API server"] .api-state', new RegExp(`^Serving at ${base.replace(/[./]/g, '\\$&')}`), 20000);
+  assert.equal(await app.execute(() => document.querySelector('button[aria-label="Local API server"]').textContent), 'API server: on');
+  const curl = await app.execute(() => document.querySelector('pre[aria-label="curl example"]').textContent);
+  assert.ok(curl.startsWith(`curl ${base}/chat/completions`), curl);
+  await shot('api-server-on');
+
+  const models = await (await fetch(`${base}/models`)).json();
+  assert.deepEqual(models.data.map((m) => m.id), ['gemma-3n-demo']);
+  const res = await fetch(`${base}/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gemma-3n-demo', messages: [{ role: 'user', content: 'Hello from the API test' }], max_tokens: 8, temperature: 0 }),
+  });
+  const reply = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(reply));
+  assert.equal(reply.choices[0].message.role, 'assistant');
+  assert.equal(typeof reply.choices[0].message.content, 'string');
+  assert.ok(reply.usage.completion_tokens > 0 && reply.usage.completion_tokens <= 8, JSON.stringify(reply.usage));
+
+  await (await $('input[aria-label="Serve the API"]')).click();
+  await waitText('section[aria-label="Local API server"] .api-state', /^Off\.$/, 20000);
+  const refused = await fetch(`${base}/models`).then(() => null, (e) => e.cause?.code ?? String(e));
+  assert.equal(refused, 'ECONNREFUSED', 'the port is closed once the server is off');
+  await (await $('button[aria-label="Close API server settings"]')).click();
 });
 
 // A stand-in for the Hugging Face Hub at $HF_ENDPOINT (set by scripts/test-desktop.sh): the demo

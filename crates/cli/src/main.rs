@@ -34,6 +34,32 @@ enum Command {
     Chat(ChatArgs),
     /// Time loading, prefill, decoding and (optionally) the image and audio towers.
     Bench(BenchArgs),
+    /// Serve the OpenAI-compatible API (chat completions with images and audio, transcriptions).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on; anything but loopback exposes the model to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every request.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests that may wait behind the running one; more get 429.
+    #[arg(long, default_value_t = 32)]
+    queue: usize,
+    /// Largest request body in MiB (base64 media included); larger ones get 413.
+    #[arg(long, default_value_t = 64)]
+    max_body_mib: usize,
+    /// Name clients use in `model` (default: the --model argument).
+    #[arg(long)]
+    served_model_name: Option<String>,
 }
 
 #[derive(Args)]
@@ -210,7 +236,47 @@ fn run(cli: Cli) -> Result<()> {
         Command::Forward(args) => forward(args),
         Command::Chat(args) => chat(args),
         Command::Bench(args) => bench(args),
+        Command::Serve(args) => serve(args),
     }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    if args.max_body_mib == 0 {
+        bail!("--max-body-mib must be at least 1");
+    }
+    let id = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| args.model.model.clone());
+    let backend = Arc::new(server::EngineBackend::loading(id));
+    let cfg = server::ServerConfig {
+        host: args.host,
+        port: args.port,
+        api_key: args.api_key.clone(),
+        queue: args.queue,
+        max_body_bytes: args.max_body_mib << 20,
+        media_dir: None,
+    };
+    // The port opens first (answering 503 while the model loads), so a taken port fails fast.
+    let running = server::Server::start(cfg, backend.clone())?;
+    eprintln!("listening on {} (loading the model)", running.url());
+    match load_engine(&args.model) {
+        Ok(engine) => backend.set_engine(engine),
+        Err(e) => {
+            running.stop();
+            return Err(e);
+        }
+    }
+    eprintln!("serving on {}; Ctrl-C stops", running.url());
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    let _ = stop_rx.recv();
+    eprintln!("stopping");
+    running.stop();
+    Ok(())
 }
 
 fn bench(args: BenchArgs) -> Result<()> {

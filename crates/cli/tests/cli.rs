@@ -456,6 +456,38 @@ fn a_gguf_file_chats_like_its_checkpoint_and_reports_what_is_missing() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A GGUF with its own tokenizer and template (llama.cpp's converter wrote it) chats alone, in
+/// its own folder, as the checkpoint it came from.
+#[test]
+fn a_gguf_file_alone_chats_like_its_checkpoint() {
+    let dir = temp_dir("gguf-alone");
+    let messages = dir.join("m.json");
+    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
+    let alone = dir.join("G-f32.gguf");
+    std::fs::copy(
+        fixtures::fixture_dir("gguf").join("lone/G-f32.gguf"),
+        &alone,
+    )
+    .unwrap();
+    let (_, from_gguf) = greedy_json(&alone, &messages);
+    let (_, from_folder) = greedy_json(&fixtures::fixture_dir("gguf").join("G"), &messages);
+    assert_eq!(from_gguf["token_ids"], from_folder["token_ids"]);
+    assert_eq!(from_gguf["prompt_tokens"], from_folder["prompt_tokens"]);
+    let out = gemma_chat(&[
+        "generate",
+        "--model",
+        alone.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// A copy of the demo model whose header gives one vision-tower tensor another shape (the same
 /// number of values, so the file itself stays valid).
 fn demo_model_with_a_reshaped_tower_tensor(dir: &std::path::Path) {

@@ -208,7 +208,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `path` is a model folder, or a GGUF file whose folder holds the tokenizer and template.
+    /// `path` is a model folder, or a GGUF file (with its own tokenizer and template, or the
+    /// Hugging Face ones beside it).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let model = Gemma3nModel::load_with(path, opts)?;
         let dir = if gemma3n::gguf::is_gguf(path) {
@@ -217,7 +218,11 @@ impl Engine {
             path
         };
         let cfg = model.config().clone();
-        let prompt = PromptEncoder::from_model_dir(dir, &cfg)?;
+        let prompt = if gemma3n::gguf::is_gguf(path) {
+            PromptEncoder::from_gguf(path, &cfg)?
+        } else {
+            PromptEncoder::from_model_dir(dir, &cfg)?
+        };
         let (defaults, generation_eos) = generation_defaults(dir)?;
         let stop_ids = stop_ids(&generation_eos, &cfg, prompt.tokenizer());
         Ok(Self {

@@ -53,8 +53,8 @@ fn check_folder(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// A GGUF file holds the weights and config; the tokenizer and chat template are read from the
-/// Hugging Face files of the same model beside it.
+/// A GGUF file holds the weights and config, and usually its tokenizer and chat template; a file
+/// without them needs the Hugging Face files of the same model beside it.
 fn check_gguf(path: &Path) -> Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let has = |name: &str| dir.join(name).is_file();
@@ -64,6 +64,13 @@ fn check_gguf(path: &Path) -> Result<PathBuf> {
     }
     if !(has("chat_template.jinja") || has("chat_template.json") || has("tokenizer_config.json")) {
         missing.push("chat_template.jinja (or tokenizer_config.json)");
+    }
+    // A file with its own vocabulary (and template) needs nothing beside it.
+    let own = gemma3n::gguf::vocabulary(path)?;
+    if own.as_ref().is_some_and(|v| v.chat_template.is_some()) {
+        missing.clear();
+    } else if own.is_some() {
+        missing.retain(|m| !m.starts_with("tokenizer.json"));
     }
     if missing.is_empty() {
         return Ok(path.to_path_buf());

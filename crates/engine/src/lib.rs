@@ -7,6 +7,7 @@ pub mod download;
 pub mod engine;
 pub mod error;
 pub mod files;
+mod gguf_tokenizer;
 pub mod image;
 pub mod prompt;
 pub mod sampling;

@@ -48,6 +48,36 @@ impl PromptEncoder {
         Self::new(tokenizer, template, cfg)
     }
 
+    /// For a GGUF file: `tokenizer.json` and the chat template beside it when there are any,
+    /// otherwise the file's own vocabulary and `tokenizer.chat_template`.
+    pub fn from_gguf(path: &Path, cfg: &Gemma3nConfig) -> Result<Self> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if dir.join("tokenizer.json").is_file() {
+            return Self::from_model_dir(dir, cfg);
+        }
+        let vocab = gemma3n::gguf::vocabulary(path)?.ok_or_else(|| {
+            Error::ModelFiles(format!(
+                "{} carries no tokenizer and there is no tokenizer.json beside it",
+                path.display()
+            ))
+        })?;
+        let tokenizer = crate::gguf_tokenizer::tokenizer_from_vocabulary(&vocab)?;
+        let template = match ChatTemplate::from_model_dir(dir) {
+            Err(Error::ModelFiles(missing)) => {
+                let source = vocab.chat_template.clone().ok_or_else(|| {
+                    Error::ModelFiles(format!("{missing}, and the GGUF file carries none"))
+                })?;
+                let bos = vocab
+                    .bos_id
+                    .map(|id| vocab.tokens[id as usize].clone())
+                    .unwrap_or_else(|| "<bos>".into());
+                ChatTemplate::new(source, bos)?
+            }
+            other => other?,
+        };
+        Self::new(tokenizer, template, cfg)
+    }
+
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate, cfg: &Gemma3nConfig) -> Result<Self> {
         let token = |id: u32, what: &str| {
             tokenizer.id_to_token(id).ok_or_else(|| {

@@ -78,6 +78,13 @@ const STACKED_TENSORS: [(&str, &str); 2] = [
     ("altup_unembd_proj.weight", "altup_unembed_projections"),
 ];
 
+// What llama.cpp's Gemma 3n loader assumes for keys older converters did not write.
+const DEFAULT_ROPE_BASE_SWA: f64 = 10_000.0;
+const DEFAULT_SOFTCAP: f64 = 30.0;
+const SLIDING_PERIOD: usize = 5;
+/// Layers with their own KV cache (`n_layer_kv_from_start`); the rest reuse them.
+const LLAMA_CPP_KV_LAYERS: usize = 20;
+
 /// What a text-only GGUF cannot say about the multimodal model: the released checkpoints' token
 /// ids and tower settings.  A `config.json` next to the file takes precedence.
 const MULTIMODAL_DEFAULTS: &str = r#"{
@@ -107,15 +114,107 @@ pub fn is_gguf(path: &Path) -> bool {
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// Map and index a GGUF file; returns the checkpoint and the whole model config as JSON (its
-/// `text_config` from the file's metadata, the rest from `config.json` beside it or the
-/// released models' values).
-pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
+/// The SentencePiece vocabulary and chat template a GGUF file carries (`tokenizer.ggml.*`,
+/// `tokenizer.chat_template`), as llama.cpp's converter writes them.
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    /// `tokenizer.ggml.model`: `llama` for SentencePiece.
+    pub model: String,
+    pub tokens: Vec<String>,
+    pub scores: Vec<f32>,
+    /// llama.cpp's token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    pub token_types: Vec<i32>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub unk_id: Option<u32>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
+/// The vocabulary of the GGUF file at `path`; `None` when it carries none.
+pub fn vocabulary(path: &Path) -> Result<Option<Vocabulary>> {
+    let (_, _, content) = read_header(path)?;
+    vocabulary_of(&Metadata {
+        content: &content,
+        path,
+    })
+}
+
+fn vocabulary_of(meta: &Metadata) -> Result<Option<Vocabulary>> {
+    let md = &meta.content.metadata;
+    let Some(Value::Array(tokens)) = md.get("tokenizer.ggml.tokens") else {
+        return Ok(None);
+    };
+    let tokens = tokens
+        .iter()
+        .map(|t| match t {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| meta.wrong("tokenizer.ggml.tokens", "a list of strings"))?;
+    let numbers = |key: &str, default: f64| -> Result<Vec<f64>> {
+        match md.get(key) {
+            None => Ok(vec![default; tokens.len()]),
+            Some(Value::Array(values)) if values.len() == tokens.len() => values
+                .iter()
+                .map(number)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| meta.wrong(key, "a list of numbers")),
+            Some(_) => Err(meta.wrong(key, &format!("a list of {} numbers", tokens.len()))),
+        }
+    };
+    let id = |key: &str| -> Result<Option<u32>> {
+        match md.get(key) {
+            None => Ok(None),
+            Some(v) => match number(v) {
+                Some(n) if n >= 0.0 && (n as usize) < tokens.len() => Ok(Some(n as u32)),
+                _ => Err(meta.wrong(key, "a token id")),
+            },
+        }
+    };
+    Ok(Some(Vocabulary {
+        model: meta.string("tokenizer.ggml.model")?.to_string(),
+        scores: numbers("tokenizer.ggml.scores", 0.0)?
+            .into_iter()
+            .map(|s| s as f32)
+            .collect(),
+        token_types: numbers("tokenizer.ggml.token_type", 1.0)?
+            .into_iter()
+            .map(|t| t as i32)
+            .collect(),
+        bos_id: id("tokenizer.ggml.bos_token_id")?,
+        eos_id: id("tokenizer.ggml.eos_token_id")?,
+        unk_id: id("tokenizer.ggml.unknown_token_id")?,
+        add_bos: matches!(
+            md.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        ),
+        chat_template: match md.get("tokenizer.chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        },
+        tokens,
+    }))
+}
+
+/// Map the GGUF file at `path` and parse its header, after the bounds check that keeps candle's
+/// reader from allocating what a damaged header claims.
+fn read_header(path: &Path) -> Result<(std::fs::File, memmap2::Mmap, Content)> {
     let bad = |why: String| Error::Checkpoint(format!("{}: {why}", path.display()));
     let (handle, map) = map_file(path)?;
     header::check(&map).map_err(bad)?;
     let content = Content::read(&mut Cursor::new(&map[..]))
         .map_err(|e| bad(format!("not a GGUF file this loader can read: {e}")))?;
+    Ok((handle, map, content))
+}
+
+/// Map and index a GGUF file; returns the checkpoint and the whole model config as JSON (its
+/// `text_config` from the file's metadata, the rest from `config.json` beside it or the
+/// released models' values).
+pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
+    let bad = |why: String| Error::Checkpoint(format!("{}: {why}", path.display()));
+    let (handle, map, content) = read_header(path)?;
     let meta = Metadata {
         content: &content,
         path,
@@ -203,7 +302,12 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
         serde_json::from_str(&raw)
             .map_err(|e| Error::Config(format!("{}: {e}", beside.display())))?
     } else {
-        serde_json::from_str(MULTIMODAL_DEFAULTS).expect("built-in defaults are valid JSON")
+        let mut defaults: Json =
+            serde_json::from_str(MULTIMODAL_DEFAULTS).expect("built-in defaults are valid JSON");
+        if let Some(vocab) = vocabulary_of(&meta)? {
+            ids_from_vocabulary(&vocab, &mut defaults);
+        }
+        defaults
     };
     config["text_config"] = text;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -215,6 +319,33 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
         index,
     );
     Ok((checkpoint, config))
+}
+
+/// The file's own ids for the multimodal and turn tokens, found by name, in place of the
+/// released models' values.
+fn ids_from_vocabulary(vocab: &Vocabulary, config: &mut Json) {
+    let find = |name: &str| vocab.tokens.iter().position(|t| t == name);
+    for (key, name) in [
+        ("boi_token_id", "<start_of_image>"),
+        ("eoi_token_id", "<end_of_image>"),
+        ("image_token_id", "<image_soft_token>"),
+        ("boa_token_id", "<start_of_audio>"),
+        ("eoa_token_id", "<end_of_audio>"),
+        ("audio_token_id", "<audio_soft_token>"),
+    ] {
+        if let Some(id) = find(name) {
+            config[key] = json!(id);
+        }
+    }
+    let eos: Vec<usize> = vocab
+        .eos_id
+        .map(|id| id as usize)
+        .into_iter()
+        .chain(find("<end_of_turn>"))
+        .collect();
+    if !eos.is_empty() {
+        config["eos_token_id"] = json!(eos);
+    }
 }
 
 /// Our name for a llama.cpp tensor name; `None` for tensors the text decoder does not use.
@@ -317,7 +448,7 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
     let sparsity_key = key("activation_sparsity_scale");
     // llama.cpp stores the cut-off in standard deviations; the config holds the sparsity.
     let sparsity = match meta.content.metadata.get(&sparsity_key) {
-        None => vec![0.0; layers],
+        None => llama_cpp_sparsity(layers),
         Some(_) => meta
             .per_layer(&sparsity_key, layers)?
             .into_iter()
@@ -326,19 +457,40 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
             .ok_or_else(|| meta.wrong(&sparsity_key, "a list of numbers"))?,
     };
     let pattern_key = key("attention.sliding_window_pattern");
-    let layer_types = meta
-        .per_layer(&pattern_key, layers)?
-        .into_iter()
-        .map(|v| match v {
-            Value::Bool(true) => Some("sliding_attention"),
-            Value::Bool(false) => Some("full_attention"),
-            _ => None,
+    let sliding = match meta.content.metadata.get(&pattern_key) {
+        // Older converters wrote no pattern: llama.cpp then assumes a period of 5.
+        None => sliding_every(SLIDING_PERIOD, layers),
+        Some(Value::Array(_)) => meta
+            .per_layer(&pattern_key, layers)?
+            .into_iter()
+            .map(|v| match v {
+                Value::Bool(b) => Some(*b),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| meta.wrong(&pattern_key, "a list of booleans"))?,
+        Some(_) => sliding_every(meta.count(&pattern_key)?, layers),
+    };
+    let layer_types: Vec<&str> = sliding
+        .iter()
+        .map(|&s| {
+            if s {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
         })
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| meta.wrong(&pattern_key, "a list of booleans"))?;
-    let softcap = match meta.content.metadata.get(&key("final_logit_softcapping")) {
-        Some(v) => number(v),
-        None => None,
+        .collect();
+    let optional_number = |k: &str, default: f64| -> Result<f64> {
+        match meta.content.metadata.get(&key(k)) {
+            None => Ok(default),
+            Some(_) => meta.number(&key(k)),
+        }
+    };
+    let shared_kv_key = key("attention.shared_kv_layers");
+    let shared_kv = match meta.content.metadata.get(&shared_kv_key) {
+        None => layers.saturating_sub(LLAMA_CPP_KV_LAYERS),
+        Some(_) => meta.count(&shared_kv_key)?,
     };
     Ok(json!({
         "vocab_size": rows("embed_tokens.weight")?,
@@ -353,16 +505,32 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
         "max_position_embeddings": meta.count(&key("context_length"))?,
         "rms_norm_eps": meta.number(&key("attention.layer_norm_rms_epsilon"))?,
         "rope_theta": meta.number(&key("rope.freq_base"))?,
-        "rope_local_base_freq": meta.number(&key("rope.freq_base_swa"))?,
+        "rope_local_base_freq": optional_number("rope.freq_base_swa", DEFAULT_ROPE_BASE_SWA)?,
         "sliding_window": meta.count(&key("attention.sliding_window"))?,
         "layer_types": layer_types,
-        "final_logit_softcapping": softcap,
+        "final_logit_softcapping": optional_number("final_logit_softcapping", DEFAULT_SOFTCAP)?,
         "altup_active_idx": meta.count(&key("altup.active_idx"))?,
         "altup_num_inputs": meta.count(&key("altup.num_inputs"))?,
-        "num_kv_shared_layers": meta.count(&key("attention.shared_kv_layers"))?,
+        "num_kv_shared_layers": shared_kv,
         "laurel_rank": rows("layers.0.laurel.linear_left.weight")?,
         "activation_sparsity_pattern": sparsity,
     }))
+}
+
+/// Layer `i` of `layers` uses the sliding window unless it ends a period (llama.cpp's
+/// `set_swa_pattern`); a period of 0 makes every layer sliding.
+fn sliding_every(period: usize, layers: usize) -> Vec<bool> {
+    (0..layers)
+        .map(|i| period == 0 || i % period < period - 1)
+        .collect()
+}
+
+/// The activation sparsity llama.cpp's Gemma 3n graph applies whatever the file says: 0.95 on
+/// the first ten layers, none after.
+fn llama_cpp_sparsity(layers: usize) -> Vec<f64> {
+    (0..layers)
+        .map(|i| if i < 10 { 0.95 } else { 0.0 })
+        .collect()
 }
 
 /// `Φ(x)`; `Φ(-∞) = 0` marks a dense layer.
@@ -373,6 +541,7 @@ fn standard_normal_cdf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::dequantize_into;
 
     #[test]
     fn llama_cpp_names_map_to_ours() {
@@ -390,6 +559,71 @@ mod tests {
         );
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
         assert_eq!(hf_name("mm.input_projection.weight"), None);
+    }
+
+    #[test]
+    fn a_missing_pattern_is_four_sliding_layers_then_one_full() {
+        let full: Vec<usize> = (0..30).filter(|&i| !sliding_every(5, 30)[i]).collect();
+        assert_eq!(full, [4, 9, 14, 19, 24, 29]);
+        assert!(sliding_every(0, 3).iter().all(|&s| s));
+        assert_eq!(&llama_cpp_sparsity(12)[9..], [0.95, 0.0, 0.0]);
+    }
+
+    /// Every block type candle reads decodes as gguf-py decodes it (`make_gguf.py` wrote random
+    /// blocks of each and gguf-py's values).
+    #[test]
+    fn every_block_type_decodes_as_gguf_py_does() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
+        let bytes = std::fs::read(dir.join("quant_types.gguf")).unwrap();
+        let content = Content::read(&mut std::io::Cursor::new(&bytes)).unwrap();
+        let golden = std::fs::read(dir.join("quant_types.safetensors")).unwrap();
+        let golden = safetensors::SafeTensors::deserialize(&golden).unwrap();
+        assert_eq!(content.tensor_infos.len(), 12);
+        for (name, info) in &content.tensor_infos {
+            let want: Vec<f32> = golden
+                .tensor(name)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let start = content.tensor_data_offset as usize + info.offset as usize;
+            let len = ggml_bytes(info.ggml_dtype, want.len()).unwrap();
+            // An aligned copy: block structs are read in place.
+            let mut aligned = vec![0u32; len.div_ceil(4)];
+            // SAFETY: a u8 view of a u32 buffer at least `len` bytes long.
+            let view =
+                unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), len) };
+            view.copy_from_slice(&bytes[start..start + len]);
+            let mut got = vec![0f32; want.len()];
+            dequantize_into(info.ggml_dtype, view, &mut got);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * scale,
+                    "{name} value {i}: {g} vs gguf-py {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn i_quants_are_named() {
+        assert_eq!(
+            header::unreadable_type_name(20).unwrap(),
+            "IQ4_NL (ggml type 20)"
+        );
+        assert_eq!(
+            header::unreadable_type_name(16).unwrap(),
+            "IQ2_XXS (ggml type 16)"
+        );
+        assert_eq!(
+            header::unreadable_type_name(21).unwrap(),
+            "IQ3_S (ggml type 21)"
+        );
+        for known in [0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30] {
+            assert_eq!(header::unreadable_type_name(known), None);
+        }
     }
 
     #[test]

@@ -123,7 +123,12 @@ fn a_gguf_model_refuses_media_and_bad_files_clearly() {
     std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
     let garbage = dir.join("garbage.gguf");
     std::fs::write(&garbage, b"not a gguf file at all").unwrap();
-    for (path, expected) in [(&truncated, "truncated"), (&garbage, "not a GGUF")] {
+    let iq = gguf("iq4_xs.gguf");
+    for (path, expected) in [
+        (&truncated, "truncated"),
+        (&garbage, "not a GGUF"),
+        (&iq, "tensor blk.0.ffn_down.weight is stored as IQ4_XS"),
+    ] {
         let err = Gemma3nModel::load_with(path, &LoadOptions::default())
             .err()
             .expect("bad file loaded")
@@ -131,4 +136,51 @@ fn a_gguf_model_refuses_media_and_bad_files_clearly() {
         assert!(err.contains(expected), "{}: {err}", path.display());
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The mid-2025 converter's dialect: no `rope.freq_base_swa` or `final_logit_softcapping`
+/// (llama.cpp's defaults, 10000 and 30, are this checkpoint's values), `shared_kv_layers` as a
+/// float, and `token_embd` cut to the per-layer vocabulary (as 262,400 rows were cut to
+/// 262,144): the logits of the rows it keeps are the checkpoint's.
+#[test]
+fn legacy_gguf_dialect_matches_the_safetensors_checkpoint() {
+    let ids = Golden::open("E").ids("text.input_ids");
+    let reference = Gemma3nModel::load(&model_dir("E"), DType::F32, &Device::Cpu).unwrap();
+    let model = load(&gguf("E-legacy.gguf"), WeightFormat::Dense);
+    let (want, got) = (&reference.config().text_config, &model.config().text_config);
+    assert_eq!(got.vocab_size, want.vocab_size_per_layer_input);
+    assert_eq!(got.num_kv_shared_layers, want.num_kv_shared_layers);
+    assert_eq!(got.final_logit_softcapping, want.final_logit_softcapping);
+    let rows = got.vocab_size;
+    let expected = logits(&reference, &ids).narrow(2, 0, rows).unwrap();
+    assert_close(
+        "legacy GGUF vs safetensors",
+        &logits(&model, &ids),
+        &expected,
+        1e-4,
+    );
+}
+
+/// llama.cpp's own converter's output (`tests/reference/make_gguf_lone.py`) for checkpoint G,
+/// which has the released models' text layout: the logits are the checkpoint's.
+#[test]
+fn converter_written_gguf_matches_the_safetensors_checkpoint() {
+    let dir = fixture_dir("gguf");
+    let reference = Gemma3nModel::load(&dir.join("G"), DType::F32, &Device::Cpu).unwrap();
+    let model = load(&dir.join("lone/G-f32.gguf"), WeightFormat::Dense);
+    assert_eq!(
+        model.config().text_config.layer_types(),
+        reference.config().text_config.layer_types()
+    );
+    let ids: Vec<u32> = [2, 6]
+        .into_iter()
+        .chain((40..70).step_by(3))
+        .chain(300..320)
+        .collect();
+    assert_close(
+        "converter GGUF vs safetensors",
+        &logits(&model, &ids),
+        &logits(&reference, &ids),
+        1e-4,
+    );
 }

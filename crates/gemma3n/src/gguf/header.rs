@@ -172,9 +172,38 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
                 "tensor {name} has more elements than memory can address"
             ));
         }
-        r.take(4 + 8, &name)?; // type and data offset
+        let kind = r.u32(&name)?;
+        if let Some(type_name) = unreadable_type_name(kind) {
+            return Err(format!(
+                "tensor {name} is stored as {type_name}, a block type Gemma Chat cannot run; \
+                 use a file of a K-quant or legacy preset (e.g. Q4_K_M, Q5_K_M, Q8_0)"
+            ));
+        }
+        r.take(8, &name)?; // data offset
     }
     Ok(())
+}
+
+/// ggml's name for a block type candle 0.9 cannot read (its i-quants, ternary and FP4 types).
+pub(super) fn unreadable_type_name(kind: u32) -> Option<String> {
+    let name = match kind {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24..=28 => "an integer or f64 type",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        0..=3 | 6..=15 | 30 => return None,
+        other => return Some(format!("ggml type {other}")),
+    };
+    Some(format!("{name} (ggml type {kind})"))
 }
 
 #[cfg(test)]
