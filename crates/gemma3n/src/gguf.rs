@@ -433,10 +433,15 @@ fn text_config(meta: &Metadata, index: &HashMap<String, Entry>) -> Result<Json> 
     let key = |k: &str| format!("gemma3n.{k}");
     let rows = |ours: &str| -> Result<usize> {
         let name = format!("{PREFIX}.{ours}");
-        index
+        let entry = index
             .get(&name)
-            .map(|e| e.shape[0])
-            .ok_or_else(|| Error::Checkpoint(format!("the GGUF file has no tensor for {name}")))
+            .ok_or_else(|| Error::Checkpoint(format!("the GGUF file has no tensor for {name}")))?;
+        // A damaged file may give it no dimensions at all.
+        entry.shape.first().copied().ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "the GGUF tensor for {name} is a scalar, not a table"
+            ))
+        })
     };
     let layers = meta.count(&key("block_count"))?;
     let intermediate = meta
