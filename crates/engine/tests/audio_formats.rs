@@ -119,3 +119,21 @@ fn damaged_files_are_clear_errors() {
         assert!(err.to_string().contains(needle), "{name}: {err}");
     }
 }
+
+/// Inputs the `audio` fuzz target found (`crates/engine/tests/fuzz_inputs/audio`): a FLAC file
+/// whose Vorbis comment block runs past the end of the file, and whose first comment claims
+/// 4 GB, made symphonia allocate the 4 GB; it is refused before that.
+#[test]
+fn fuzz_found_files_are_refused_without_huge_allocations() {
+    let proc = processor();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_inputs/audio");
+    let path = dir.join("flac-comment-4gb.flac");
+    let err = proc.load(&path).unwrap_err();
+    assert!(matches!(err, Error::Audio { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(
+            "damaged FLAC file: the Vorbis comment block claims 10240 bytes, 3253 remain"
+        ),
+        "{err}"
+    );
+}

@@ -7,9 +7,10 @@
 //! ([`crate::Checkpoint::linear`]); the embedding tables are gathered from the map a row at a
 //! time, decoding each row.
 
+mod header;
+
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -132,10 +133,7 @@ pub struct Vocabulary {
 
 /// The vocabulary of the GGUF file at `path`; `None` when it carries none.
 pub fn vocabulary(path: &Path) -> Result<Option<Vocabulary>> {
-    let bad = |why: String| Error::Checkpoint(format!("{}: {why}", path.display()));
-    let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
-    let content = Content::read(&mut BufReader::new(&file))
-        .map_err(|e| bad(format!("not a GGUF file this loader can read: {e}")))?;
+    let (_, _, content) = read_header(path)?;
     vocabulary_of(&Metadata {
         content: &content,
         path,
@@ -200,23 +198,23 @@ fn vocabulary_of(meta: &Metadata) -> Result<Option<Vocabulary>> {
     }))
 }
 
+/// Map the GGUF file at `path` and parse its header, after the bounds check that keeps candle's
+/// reader from allocating what a damaged header claims.
+fn read_header(path: &Path) -> Result<(std::fs::File, memmap2::Mmap, Content)> {
+    let bad = |why: String| Error::Checkpoint(format!("{}: {why}", path.display()));
+    let (handle, map) = map_file(path)?;
+    header::check(&map).map_err(bad)?;
+    let content = Content::read(&mut Cursor::new(&map[..]))
+        .map_err(|e| bad(format!("not a GGUF file this loader can read: {e}")))?;
+    Ok((handle, map, content))
+}
+
 /// Map and index a GGUF file; returns the checkpoint and the whole model config as JSON (its
 /// `text_config` from the file's metadata, the rest from `config.json` beside it or the
 /// released models' values).
 pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
     let bad = |why: String| Error::Checkpoint(format!("{}: {why}", path.display()));
-    let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
-    let content = Content::read(&mut BufReader::new(&file)).map_err(|e| {
-        // candle stops at the first block type it does not know; name that tensor and type.
-        let header = std::fs::read(path).ok();
-        match header.as_deref().and_then(unreadable_tensor) {
-            Some((tensor, kind)) => bad(format!(
-                "tensor {tensor} is stored as {kind}, a block type Gemma Chat cannot run; \
-                 use a file of a K-quant or legacy preset (e.g. Q4_K_M, Q5_K_M, Q8_0)"
-            )),
-            None => bad(format!("not a GGUF file this loader can read: {e}")),
-        }
-    })?;
+    let (handle, map, content) = read_header(path)?;
     let meta = Metadata {
         content: &content,
         path,
@@ -227,10 +225,10 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
             "a GGUF of architecture {arch:?}; only Gemma 3n (gemma3n) is supported"
         )));
     }
-    let (handle, map) = map_file(path)?;
     let mut index = HashMap::new();
     for (name, info) in &content.tensor_infos {
         let shape = info.shape.dims().to_vec();
+        // The header check bounds the element count.
         let elements: usize = shape.iter().product();
         let cols = shape.last().copied().unwrap_or(1);
         let bytes = ggml_bytes(info.ggml_dtype, cols)
@@ -241,12 +239,16 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
                     info.ggml_dtype
                 ))
             })?;
-        let start = (content.tensor_data_offset + info.offset) as usize;
-        if start + bytes > map.len() {
-            return Err(bad(format!(
-                "tensor {name} ends past the end of the file (truncated download?)"
-            )));
-        }
+        let start = content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|start| usize::try_from(start).ok())
+            .filter(|start| start.checked_add(bytes).is_some_and(|end| end <= map.len()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor {name} ends past the end of the file (truncated download?)"
+                ))
+            })?;
         // Block structs are read in place: their fields need (at most) 4-byte alignment.
         if !start.is_multiple_of(4) {
             return Err(bad(format!("tensor {name} is not aligned")));
@@ -255,28 +257,41 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
         // f32 ones take the dense path, like a safetensors checkpoint.
         let encoding = match info.ggml_dtype {
             GgmlDType::F32 => Encoding::Float(DType::F32),
+            // candle cannot decode it (it is llama.cpp's format for activations, not weights).
+            GgmlDType::Q8_1 => {
+                return Err(bad(format!(
+                    "tensor {name} is stored as Q8_1, which is not supported"
+                )))
+            }
             other => Encoding::Blocks(other),
         };
-        let entry = |start: usize, shape: Vec<usize>| {
-            let len = shape.iter().product::<usize>();
-            Entry {
-                file: 0,
-                start,
-                end: start + bytes * len / elements,
-                encoding,
-                shape,
-            }
+        let entry = |start: usize, len: usize, shape: Vec<usize>| Entry {
+            file: 0,
+            start,
+            end: start + len,
+            encoding,
+            shape,
         };
         if let Some((_, ours)) = STACKED_TENSORS.iter().find(|(g, _)| g == name) {
             let [n, rows, cols] = shape[..] else {
                 return Err(bad(format!("{name} is {shape:?}; expected [N-1, D, D]")));
             };
+            // One entry per matrix: a count from a damaged file would take forever.
+            let inputs = meta.count("gemma3n.altup.num_inputs")?;
+            if n.checked_add(1) != Some(inputs) {
+                return Err(bad(format!(
+                    "{name} stacks {n} matrices; altup.num_inputs {inputs} needs {}",
+                    inputs.saturating_sub(1)
+                )));
+            }
+            // Whole rows of blocks, so each of the `n` matrices takes the same bytes.
+            let matrix = bytes / n.max(1);
             for i in 0..n {
-                let slice = entry(start + i * bytes / n, vec![rows, cols]);
+                let slice = entry(start + i * matrix, matrix, vec![rows, cols]);
                 index.insert(format!("{PREFIX}.{ours}.{i}.weight"), slice);
             }
         } else if let Some(ours) = hf_name(name) {
-            index.insert(ours, entry(start, shape));
+            index.insert(ours, entry(start, bytes, shape));
         }
     }
     let text = text_config(&meta, &index).map_err(|e| bad(e.to_string()))?;
@@ -304,101 +319,6 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
         index,
     );
     Ok((checkpoint, config))
-}
-
-/// The first tensor whose ggml type candle cannot read, with that type's name; `None` when the
-/// header does not parse or every type is known.
-fn unreadable_tensor(bytes: &[u8]) -> Option<(String, String)> {
-    let mut header = HeaderCursor { bytes, at: 0 };
-    if header.take(4)? != b"GGUF" || header.u32()? < 2 {
-        return None;
-    }
-    let tensors = header.u64()?;
-    let entries = header.u64()?;
-    for _ in 0..entries {
-        header.skip_value(8)?; // the key, a string
-        let kind = header.u32()?;
-        header.skip_value(kind)?;
-    }
-    for _ in 0..tensors {
-        let len = header.u64()?;
-        let name = String::from_utf8_lossy(header.take(usize::try_from(len).ok()?)?).into_owned();
-        let dims = header.u32()?;
-        header.take(usize::try_from(dims).ok()?.checked_mul(8)?)?;
-        let kind = header.u32()?;
-        header.take(8)?; // data offset
-        if let Some(type_name) = unreadable_type_name(kind) {
-            return Some((name, type_name));
-        }
-    }
-    None
-}
-
-/// Bounds-checked reads through a GGUF header; `None` past the end or on a malformed value.
-struct HeaderCursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl HeaderCursor<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let field = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(field)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    /// Skip one metadata value of GGUF value type `kind`.
-    fn skip_value(&mut self, kind: u32) -> Option<()> {
-        let width = match kind {
-            0 | 1 | 7 => 1,
-            2 | 3 => 2,
-            4..=6 => 4,
-            10..=12 => 8,
-            8 => usize::try_from(self.u64()?).ok()?,
-            9 => {
-                let inner = self.u32()?;
-                if inner == 9 {
-                    return None; // GGUF has no nested arrays; refusing them bounds the recursion
-                }
-                for _ in 0..self.u64()? {
-                    self.skip_value(inner)?;
-                }
-                0
-            }
-            _ => return None,
-        };
-        self.take(width).map(drop)
-    }
-}
-
-/// ggml's name for a block type candle 0.9 cannot read (its i-quants, ternary and FP4 types).
-fn unreadable_type_name(kind: u32) -> Option<String> {
-    let name = match kind {
-        16 => "IQ2_XXS",
-        17 => "IQ2_XS",
-        18 => "IQ3_XXS",
-        19 => "IQ1_S",
-        20 => "IQ4_NL",
-        21 => "IQ3_S",
-        22 => "IQ2_S",
-        23 => "IQ4_XS",
-        24..=28 => "an integer or f64 type",
-        29 => "IQ1_M",
-        34 => "TQ1_0",
-        35 => "TQ2_0",
-        39 => "MXFP4",
-        0..=3 | 6..=15 | 30 => return None,
-        other => return Some(format!("ggml type {other}")),
-    };
-    Some(format!("{name} (ggml type {kind})"))
 }
 
 /// The file's own ids for the multimodal and turn tokens, found by name, in place of the
@@ -689,11 +609,20 @@ mod tests {
 
     #[test]
     fn i_quants_are_named() {
-        assert_eq!(unreadable_type_name(20).unwrap(), "IQ4_NL (ggml type 20)");
-        assert_eq!(unreadable_type_name(16).unwrap(), "IQ2_XXS (ggml type 16)");
-        assert_eq!(unreadable_type_name(21).unwrap(), "IQ3_S (ggml type 21)");
+        assert_eq!(
+            header::unreadable_type_name(20).unwrap(),
+            "IQ4_NL (ggml type 20)"
+        );
+        assert_eq!(
+            header::unreadable_type_name(16).unwrap(),
+            "IQ2_XXS (ggml type 16)"
+        );
+        assert_eq!(
+            header::unreadable_type_name(21).unwrap(),
+            "IQ3_S (ggml type 21)"
+        );
         for known in [0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30] {
-            assert_eq!(unreadable_type_name(known), None);
+            assert_eq!(header::unreadable_type_name(known), None);
         }
     }
 

@@ -151,6 +151,18 @@ impl<T: Kernel> Packed<T> {
         Self { blocks, rows, cols }
     }
 
+    /// The matrix in Q8_0, for a block type whose dot product cannot take its rows (an odd
+    /// number of [`Kernel::EVEN_BLOCKS`] blocks): Q8_0 has the same 32-value blocks and its
+    /// 8-bit rounding is a small fraction of the 4- and 5-bit formats' own.
+    fn requantised_q8_0(&self) -> Packed<BlockQ8_0> {
+        debug_assert_eq!(T::BLCK_SIZE, BlockQ8_0::BLCK_SIZE);
+        let per_row = self.cols / T::BLCK_SIZE;
+        let blocks = self.blocks.as_slice();
+        Packed::new(self.rows, self.cols, &|r, out| {
+            T::widen(&blocks[r * per_row..][..per_row], out)
+        })
+    }
+
     /// Tiles of weight rows widened to f32 and multiplied with all `m` rows by `gemm`: the
     /// prefill path.
     fn matmul_gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
@@ -318,9 +330,10 @@ macro_rules! with_block_type {
 
 /// Bytes of `elements` values stored as `dtype`; `None` when its blocks do not divide them.
 pub fn ggml_bytes(dtype: GgmlDType, elements: usize) -> Option<usize> {
-    elements
-        .is_multiple_of(dtype.block_size())
-        .then(|| elements / dtype.block_size() * dtype.type_size())
+    if !elements.is_multiple_of(dtype.block_size()) {
+        return None;
+    }
+    (elements / dtype.block_size()).checked_mul(dtype.type_size())
 }
 
 /// Decode `out.len()` values stored as `dtype` in `bytes` (exactly `ggml_bytes` long, aligned
@@ -340,6 +353,11 @@ pub fn dequantize_into(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
 
 /// The few-rows (decode) product of a block type, and its widening for the prefill path.
 trait Kernel: GgmlType + 'static {
+    /// Whether candle's dot product must be given an even number of blocks: its Q4_1, Q5_0 and
+    /// Q5_1 kernels assert so (in debug builds; their arithmetic is block by block), after
+    /// ggml's, which processes these blocks in pairs.
+    const EVEN_BLOCKS: bool = false;
+
     fn widen(blocks: &[Self], out: &mut [f32]) {
         Self::to_float(blocks, out)
     }
@@ -372,9 +390,15 @@ impl Kernel for BlockQ4K {
 impl Kernel for BlockQ6K {}
 impl Kernel for BlockQ4_0 {}
 // Further block types a GGUF file may store.
-impl Kernel for BlockQ4_1 {}
-impl Kernel for BlockQ5_0 {}
-impl Kernel for BlockQ5_1 {}
+impl Kernel for BlockQ4_1 {
+    const EVEN_BLOCKS: bool = true;
+}
+impl Kernel for BlockQ5_0 {
+    const EVEN_BLOCKS: bool = true;
+}
+impl Kernel for BlockQ5_1 {
+    const EVEN_BLOCKS: bool = true;
+}
 impl Kernel for BlockQ2K {}
 impl Kernel for BlockQ3K {}
 impl Kernel for BlockQ5K {}
@@ -415,14 +439,15 @@ impl Kernel for bf16 {
 /// `out[i, r]` for `m` activation rows, from `dot(w, first, i)`: the dot product of the weight
 /// blocks `w` (a run of row `r` starting at block `first`) with activation row `i`'s matching
 /// part.
-fn dot_rows<T: GgmlType + Sync, F>(p: &Packed<T>, m: usize, dot: F) -> Vec<f32>
+fn dot_rows<T: Kernel, F>(p: &Packed<T>, m: usize, dot: F) -> Vec<f32>
 where
     F: Fn(&[T], usize, usize) -> f32 + Sync,
 {
     let per_row = p.cols / T::BLCK_SIZE;
     let blocks = p.blocks.as_slice();
     if m == 1 {
-        return streamed(blocks, per_row, |w, first| dot(w, first, 0));
+        let pairs = if T::EVEN_BLOCKS { 2 } else { 1 };
+        return streamed(blocks, per_row, pairs, |w, first| dot(w, first, 0));
     }
     tiled(m, p.rows, |i, r| {
         dot(&blocks[r * per_row..][..per_row], 0, i)
@@ -547,14 +572,15 @@ const PREFETCH_BYTES: usize = 1536;
 /// activations.  Decoding is bound by how fast the weights stream in.  One sequential stream
 /// per core leaves much of the bandwidth unused: each task reads four far-apart rows in turns
 /// of about 512 bytes and prefetches ahead in each.  On the 2-core Xeon this took candle's q8_0
-/// kernel from 16 to 26 GB/s and its Q4_K kernel from 8.5 to 25 GB/s.
-fn streamed<T: Sync, F>(blocks: &[T], per_row: usize, dot: F) -> Vec<f32>
+/// kernel from 16 to 26 GB/s and its Q4_K kernel from 8.5 to 25 GB/s.  Runs are whole multiples
+/// of `granule` blocks where the row allows (see [`Kernel::EVEN_BLOCKS`]).
+fn streamed<T: Sync, F>(blocks: &[T], per_row: usize, granule: usize, dot: F) -> Vec<f32>
 where
     F: Fn(&[T], usize) -> f32 + Sync,
 {
     let n = blocks.len() / per_row;
     let block_bytes = size_of::<T>();
-    let segment = (SEGMENT_BYTES / block_bytes).clamp(1, per_row);
+    let segment = (SEGMENT_BYTES / block_bytes / granule * granule).clamp(granule, per_row);
     let chunk = chunk_rows(n);
     let mut out = vec![0f32; n];
     out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
@@ -719,7 +745,8 @@ impl QLinear {
 
 impl QLinear {
     /// A `[rows, cols]` matrix already stored as `dtype` (a GGUF tensor's bytes), kept in its
-    /// blocks: no re-quantisation.
+    /// blocks: no re-quantisation, except for rows candle's kernel cannot take (Q4_1, Q5_0 and
+    /// Q5_1 with an odd number of blocks per row), which are converted to Q8_0.
     pub fn from_blocks(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
         if ggml_bytes(dtype, cols).map(|b| b * rows) != Some(bytes.len()) {
             candle_core::bail!(
@@ -733,7 +760,12 @@ impl QLinear {
             );
         }
         let packed: Arc<dyn PackedMatmul> = with_block_type!(dtype, T => {
-            Arc::new(Packed::<T>::from_bytes(rows, cols, bytes))
+            let stored = Packed::<T>::from_bytes(rows, cols, bytes);
+            if T::EVEN_BLOCKS && !(cols / T::BLCK_SIZE).is_multiple_of(2) {
+                Arc::new(stored.requantised_q8_0())
+            } else {
+                Arc::new(stored)
+            }
         });
         Ok(Self::Packed(packed))
     }
@@ -863,6 +895,43 @@ mod tests {
         assert!(short.is_err());
         let q8_1 = vec![0u8; ggml_bytes(GgmlDType::Q8_1, cols).unwrap() * rows];
         assert!(QLinear::from_blocks(GgmlDType::Q8_1, rows, cols, &q8_1).is_err());
+    }
+
+    /// Q4_1, Q5_0 and Q5_1, whose dot products take blocks in pairs, multiply correctly at any
+    /// row width: an odd block count (converted to Q8_0 at load) and rows longer than one
+    /// decoding segment, on the decode, dot-product and GEMM paths.
+    #[test]
+    fn paired_block_types_run_at_any_row_width() {
+        let rows = 24;
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1] {
+            for blocks_per_row in [1, 3, 52, 53] {
+                let cols = blocks_per_row * 32;
+                let w = matrix(rows, cols, 7);
+                let weights = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+                let q = candle_core::quantized::QTensor::quantize(&weights, dtype).unwrap();
+                let bytes = q.data().unwrap();
+                let mut values = vec![0f32; rows * cols];
+                dequantize_into(dtype, &bytes, &mut values);
+                let QLinear::Packed(p) = QLinear::from_blocks(dtype, rows, cols, &bytes).unwrap()
+                else {
+                    panic!("not packed");
+                };
+                for m in [1, 3, GEMM_MIN_ROWS + 5] {
+                    let x = matrix(m, cols, 8);
+                    let want = reference(&values, &x, rows, cols, m);
+                    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let err = p
+                        .matmul(&x, m)
+                        .iter()
+                        .zip(&want)
+                        .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+                    assert!(
+                        err <= 3e-2 * scale,
+                        "{dtype:?} {blocks_per_row} blocks m={m}: {err} vs {scale}"
+                    );
+                }
+            }
+        }
     }
 
     /// The dispatched bf16 dot product (AVX-512 where the CPU has it) and the portable one

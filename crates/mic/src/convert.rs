@@ -17,6 +17,10 @@ pub struct Level {
 /// Input frames per resampling block (at least); the filter spans one block.
 const BLOCK: usize = 2048;
 
+/// Device rates accepted (the audio front end's range): a block spans a whole number of
+/// `rate/gcd` periods, so an absurd rate would plan an FFT of gigabytes.
+const RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
 pub struct Converter {
     channels: usize,
     rate: u32,
@@ -32,9 +36,11 @@ pub struct Converter {
 impl Converter {
     /// A converter for `channels`-channel audio at `rate` Hz keeping at most `max_seconds`.
     pub fn new(rate: u32, channels: usize, max_seconds: f64) -> Result<Self, MicError> {
-        if rate == 0 || channels == 0 {
+        if !RATES.contains(&rate) || channels == 0 {
             return Err(MicError::Convert(format!(
-                "cannot capture {channels} channels at {rate} Hz"
+                "cannot capture {channels} channels at {rate} Hz (rates of {} to {} Hz are supported)",
+                RATES.start(),
+                RATES.end()
             )));
         }
         if max_seconds.is_nan() || max_seconds <= 0.0 {
@@ -88,7 +94,15 @@ impl Converter {
             .chunks_exact(self.channels)
             .take(room)
             .map(|frame| {
-                frame.iter().map(|&s| f32::from_sample(s)).sum::<f32>() / self.channels as f32
+                let mean =
+                    frame.iter().map(|&s| f32::from_sample(s)).sum::<f32>() / self.channels as f32;
+                // Float devices may deliver NaN, infinite or huge values, which make the
+                // resampler's FFT panic: a non-finite sample is a dropout, the rest is clipped.
+                if mean.is_finite() {
+                    mean.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                }
             })
             .collect();
         self.frames += mono.len() as u64;
@@ -143,5 +157,37 @@ fn gcd(a: u32, b: u32) -> u32 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/ mic_convert): a device rate of 2.67 GHz planned a resampler
+    /// FFT of gigabytes instead of being refused.
+    #[test]
+    fn absurd_device_rates_are_refused() {
+        for rate in [0, 999, 768_001, 2_666_872_448, u32::MAX] {
+            let err = Converter::new(rate, 1, 30.0).err().expect("refused");
+            assert!(err.to_string().contains(&format!("at {rate} Hz")), "{err}");
+        }
+        for rate in [1_000, 44_100, 768_000] {
+            assert!(Converter::new(rate, 2, 1.0).is_ok(), "{rate} Hz");
+        }
+    }
+
+    /// Found by fuzzing: a NaN or huge sample made the resampler panic in `finish`.
+    #[test]
+    fn non_finite_samples_become_silence_and_huge_ones_are_clipped() {
+        let mut c = Converter::new(48_000, 1, 1.0).unwrap();
+        let mut samples = vec![0.25f32; 4800];
+        samples[7] = f32::NAN;
+        samples[9] = f32::INFINITY;
+        samples[11] = f32::MAX;
+        c.push(&samples).unwrap();
+        let out = c.finish().unwrap();
+        assert_eq!(out.len(), 1600);
+        assert!(out.iter().all(|s| s.is_finite() && s.abs() < 2.0));
     }
 }

@@ -1,7 +1,7 @@
 //! Decoding audio files with symphonia into one mono channel.
 
 use std::fs::File;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Seek, SeekFrom};
 use std::path::Path;
 
 use symphonia::core::audio::SampleBuffer;
@@ -12,7 +12,7 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use super::{check_format, MAX_SECONDS};
+use super::{check_format, flac, MAX_SECONDS};
 
 /// A decoded file: the mean of its channels at its own sample rate.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ pub fn decode_file(path: &Path) -> Result<Decoded, String> {
 }
 
 fn decode(path: &Path) -> Result<Decoded, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open the file: {e}"))?;
+    let mut file = File::open(path).map_err(|e| format!("cannot open the file: {e}"))?;
     let len = file
         .metadata()
         .map_err(|e| format!("cannot read the file: {e}"))?
@@ -58,6 +58,9 @@ fn decode(path: &Path) -> Result<Decoded, String> {
     if len == 0 {
         return Err("the file is empty (0 bytes)".into());
     }
+    flac::check_metadata(&mut file, len)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| format!("cannot read the file: {e}"))?;
     let stream = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {

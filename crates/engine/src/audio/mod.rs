@@ -8,6 +8,7 @@
 
 mod decode;
 mod features;
+mod flac;
 mod resample;
 mod split;
 
