@@ -1,7 +1,7 @@
 # Debian packages the build and the tests need (sourced by the other scripts): the model crates
-# need pkg-config and ALSA (cpal); the desktop app WebKitGTK and friends; its tests Xvfb,
+# need pkg-config and ALSA (cpal); the API server check curl; the desktop app WebKitGTK and friends; its tests Xvfb,
 # WebKitWebDriver, Chromium and ImageMagick (screenshots).
-SYSTEM_PACKAGES=(pkg-config build-essential file libssl-dev libasound2-dev libdbus-1-dev
+SYSTEM_PACKAGES=(pkg-config build-essential file curl libssl-dev libasound2-dev libdbus-1-dev
   libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev librsvg2-dev libxdo-dev
   xvfb xauth webkit2gtk-driver chromium imagemagick)
 

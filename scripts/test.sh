@@ -15,3 +15,5 @@ cargo fmt --all -- --check
 scripts/test-desktop.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The API server against the real `openai` Python client and curl (its own small venv).
+tests/openai/run.sh

@@ -214,7 +214,7 @@ pub fn api_server_status(state: State<'_, AppState>) -> ApiServerStatus {
 
 /// Switch the local API server on or off, or move it to another port. On a blocking thread:
 /// stopping waits for a running request to end at its next token, which must not hold up the
-/// window, and the server starts its own runtime, which it cannot do on an async one.
+/// window.
 #[tauri::command]
 pub async fn set_api_server<R: Runtime>(
     app: AppHandle<R>,

@@ -56,6 +56,11 @@ def main():
             first, text, _, _ = ttft_and_tokens(client, args.model, messages, 8)
             ttfts.append(first)
             messages.append({"role": "assistant", "content": text})
+        # The last turn again from a cold cache (another conversation ran in between): what
+        # turn 10 would cost if the server re-ran the whole history.
+        last_turn = messages[:-1]
+        ttft_and_tokens(client, args.model, [{"role": "user", "content": "Something else."}], 1)
+        cold = ttft_and_tokens(client, args.model, last_turn, 8)[0]
         rates = {}
         for clients in (1, 4):
             results = []
@@ -74,6 +79,8 @@ def main():
         print(json.dumps({
             "ttft_ms": [round(t * 1e3, 2) for t in ttfts],
             "ttft_turn10_over_turn1": round(ttfts[-1] / ttfts[0], 3),
+            "ttft_turn10_cold_ms": round(cold * 1e3, 2),
+            "ttft_turn10_reused_over_cold": round(ttfts[-1] / cold, 3),
             "tok_s_1_client": round(rates[1], 1),
             "tok_s_4_clients": round(rates[4], 1),
             "ratio_4_over_1": round(rates[4] / rates[1], 3),

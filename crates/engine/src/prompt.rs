@@ -21,10 +21,9 @@ pub struct PromptEncoder {
     /// The same tokenizer with special-token matching switched off, for quoted user text.
     literal_tokenizer: Tokenizer,
     template: ChatTemplate,
-    image_placeholder: String,
-    audio_placeholder: String,
-    image_expansion: String,
-    audio_expansion: String,
+    /// Each modality's placeholder and the run it expands to, for the modalities whose tokens
+    /// the vocabulary has (a text-only GGUF of the released 262,144-token vocabulary has none).
+    media_expansions: Vec<(String, String)>,
     /// Every special added token's text (`<start_of_turn>`, `<image_soft_token>`, ...).
     control_strings: Vec<String>,
     /// Their ids, hidden from streamed text.
@@ -79,25 +78,30 @@ impl PromptEncoder {
     }
 
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate, cfg: &Gemma3nConfig) -> Result<Self> {
-        let token = |id: u32, what: &str| {
-            tokenizer.id_to_token(id).ok_or_else(|| {
-                Error::Tokenizer(format!("the tokenizer has no {what} token (id {id})"))
-            })
-        };
-        let image_placeholder = token(cfg.image_token_id, "image soft")?;
-        let audio_placeholder = token(cfg.audio_token_id, "audio soft")?;
-        let image_expansion = format!(
-            "\n\n{}{}{}\n\n",
-            token(cfg.boi_token_id, "start-of-image")?,
-            image_placeholder.repeat(cfg.vision_soft_tokens_per_image),
-            token(cfg.eoi_token_id, "end-of-image")?
-        );
-        let audio_expansion = format!(
-            "\n\n{}{}{}\n\n",
-            token(cfg.boa_token_id, "start-of-audio")?,
-            audio_placeholder.repeat(cfg.audio_soft_tokens_per_image),
-            token(cfg.eoa_token_id, "end-of-audio")?
-        );
+        let media_expansions = [
+            (
+                cfg.image_token_id,
+                cfg.boi_token_id,
+                cfg.eoi_token_id,
+                cfg.vision_soft_tokens_per_image,
+            ),
+            (
+                cfg.audio_token_id,
+                cfg.boa_token_id,
+                cfg.eoa_token_id,
+                cfg.audio_soft_tokens_per_image,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(soft, begin, end, count)| {
+            let [soft, begin, end] = [soft, begin, end].map(|id| tokenizer.id_to_token(id));
+            let soft = soft?;
+            Some((
+                soft.clone(),
+                format!("\n\n{}{}{}\n\n", begin?, soft.repeat(count), end?),
+            ))
+        })
+        .collect();
         let bos_id = tokenizer.token_to_id(template.bos_token()).ok_or_else(|| {
             Error::Tokenizer(format!(
                 "BOS token {} is not in the vocabulary",
@@ -118,10 +122,7 @@ impl PromptEncoder {
             tokenizer,
             literal_tokenizer,
             template,
-            image_placeholder,
-            audio_placeholder,
-            image_expansion,
-            audio_expansion,
+            media_expansions,
             control_strings,
             control_ids,
             bos_id,
@@ -164,9 +165,11 @@ impl PromptEncoder {
     }
 
     fn expand(&self, rendered: &str) -> String {
-        rendered
-            .replace(&self.image_placeholder, &self.image_expansion)
-            .replace(&self.audio_placeholder, &self.audio_expansion)
+        self.media_expansions
+            .iter()
+            .fold(rendered.to_owned(), |text, (placeholder, run)| {
+                text.replace(placeholder, run)
+            })
     }
 
     fn tokenize(&self, tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {

@@ -215,3 +215,26 @@ fn template_from_tokenizer_config_is_used_when_no_jinja_file() {
     assert_eq!(out, "<s>HI");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A text-only GGUF of the released 262,144-token vocabulary has no media tokens: its prompts
+/// still encode, exactly as with a vocabulary that has them.
+#[test]
+fn a_vocabulary_without_media_tokens_still_encodes_text() {
+    let dir = fixtures::fixture_dir("C").join("model");
+    let mut cfg = Gemma3nConfig::from_file(&dir.join("config.json")).unwrap();
+    let full = PromptEncoder::from_model_dir(&dir, &cfg).unwrap();
+    for id in [
+        &mut cfg.image_token_id,
+        &mut cfg.audio_token_id,
+        &mut cfg.boi_token_id,
+        &mut cfg.eoa_token_id,
+    ] {
+        *id = u32::MAX;
+    }
+    let text_only = PromptEncoder::from_model_dir(&dir, &cfg).unwrap();
+    let conversation = [Message::text(Role::User, "Hello there, what is a café?")];
+    assert_eq!(
+        text_only.encode(&conversation).unwrap().ids,
+        full.encode(&conversation).unwrap().ids
+    );
+}

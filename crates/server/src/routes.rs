@@ -56,18 +56,15 @@ impl Running {
                 "the body size limit must be at least 1 byte".into(),
             ));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("api-server")
-            .enable_all()
-            .build()?;
+        // Bound and run without touching the caller's thread's runtime, so that the app can
+        // start the server from inside an async command.
         let wanted = SocketAddr::new(cfg.host, cfg.port);
-        let listener = runtime
-            .block_on(TcpListener::bind(wanted))
-            .map_err(|source| StartError::Bind {
-                addr: wanted,
-                source,
-            })?;
+        let bind_error = |source| StartError::Bind {
+            addr: wanted,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(wanted).map_err(bind_error)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let queue = Arc::new(Queue::start(backend.clone(), cfg.queue)?);
         let state = Arc::new(AppState {
@@ -82,7 +79,20 @@ impl Running {
         let thread = std::thread::Builder::new()
             .name("api-server".into())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("api-server")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => return tracing::error!("the API server cannot start: {e}"),
+                };
                 runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => return tracing::error!("the API server cannot listen: {e}"),
+                    };
                     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = stopping.wait_for(|s| *s).await;
                     });

@@ -383,6 +383,25 @@ fn it_binds_to_loopback_by_default_and_stop_closes_the_port() {
     );
 }
 
+/// The app starts and stops the server from its async commands, inside a tokio runtime.
+#[test]
+fn it_starts_and_stops_from_inside_an_async_context() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let addr = runtime.block_on(async {
+        let server = start(Scripted::new(), |_| {});
+        let addr = server.local_addr();
+        assert!(TcpStream::connect(addr).is_ok(), "serving");
+        server.stop();
+        addr
+    });
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the port is closed after stop"
+    );
+}
+
 #[test]
 fn stopping_cancels_a_running_generation() {
     let backend = Scripted::new();
