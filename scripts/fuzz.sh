@@ -2,7 +2,9 @@
 # Fuzz Gemma Chat's file parsers with cargo-fuzz (libFuzzer, nightly toolchain); see fuzz/README.md.
 #
 #   scripts/fuzz.sh TARGET SECONDS   run one target, print libFuzzer's final statistics
-#   scripts/fuzz.sh --all SECONDS    run every target for SECONDS each (CI); fails on any finding
+#   scripts/fuzz.sh --all SECONDS    run every target for SECONDS each; fails on any finding
+#   scripts/fuzz.sh --replay         run every target once over its committed seeds (CI: the
+#                                    same inputs every time, so a red run is a regression)
 #   scripts/fuzz.sh --build          build the targets only
 #   scripts/fuzz.sh --list           list the targets
 #
@@ -54,16 +56,21 @@ build() {
   (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo +nightly fuzz build --debug-assertions "$@")
 }
 
-# Run one target for $2 seconds; prints a summary line, returns libFuzzer's status.
+# Run one target for $2 seconds (0: each committed seed once, nothing new); prints a summary
+# line, returns libFuzzer's status.
 run_target() {
   local target=$1 seconds=$2
+  local inputs=("$FUZZ/work/corpus/$target" "$FUZZ/corpus/$target") budget=(-max_total_time="$seconds")
+  if [ "$seconds" -eq 0 ]; then
+    inputs=("$FUZZ/corpus/$target") budget=(-runs=0)
+  fi
   local corpus="$FUZZ/work/corpus/$target" artifacts="$FUZZ/work/artifacts/$target/"
   local log="$FUZZ/work/logs/$target.log"
   mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"
   local status=0
   (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo +nightly fuzz run --debug-assertions "$target" \
-    "$corpus" "$FUZZ/corpus/$target" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 \
+    "${inputs[@]}" -- \
+    "${budget[@]}" -rss_limit_mb=2048 -malloc_limit_mb=2048 \
     -timeout="$(input_timeout "$target")" -max_len="$(max_len "$target")" \
     -print_final_stats=1 -artifact_prefix="$artifacts") >"$log" 2>&1 || status=$?
   grep -E '^stat::|^(==[0-9]+== )?(ERROR|SUMMARY):|^Done [0-9]+ runs' "$log" || true
@@ -87,13 +94,19 @@ case $1 in
     ensure_tools
     build
     ;;
-  --all)
-    [ $# -eq 2 ] || usage
+  --all | --replay)
+    if [ "$1" = --replay ]; then
+      [ $# -eq 1 ] || usage
+      seconds=0
+    else
+      [ $# -eq 2 ] || usage
+      seconds=$2
+    fi
     ensure_tools
     build
     failed=()
     for target in "${TARGETS[@]}"; do
-      run_target "$target" "$2" || failed+=("$target")
+      run_target "$target" "$seconds" || failed+=("$target")
     done
     rm -rf /dev/shm/gemma-chat-fuzz-* 2>/dev/null || true
     if [ ${#failed[@]} -gt 0 ]; then

@@ -17,3 +17,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 # The API server against the real `openai` Python client and curl (its own small venv).
 tests/openai/run.sh
+# Every fuzz target over its committed seeds (nightly, cargo-fuzz): the same inputs every run.
+scripts/fuzz.sh --replay
