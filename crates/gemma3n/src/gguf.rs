@@ -228,11 +228,14 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
     let mut index = HashMap::new();
     for (name, info) in &content.tensor_infos {
         let shape = info.shape.dims().to_vec();
-        // The header check bounds the element count.
-        let elements: usize = shape.iter().product();
+        // The header check bounds the element count in the file's order of dimensions; with a
+        // zero among them, another order can still overflow on the way.
+        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let cols = shape.last().copied().unwrap_or(1);
-        let bytes = ggml_bytes(info.ggml_dtype, cols)
-            .and_then(|_| ggml_bytes(info.ggml_dtype, elements))
+        let bytes = elements
+            .and_then(|elements| {
+                ggml_bytes(info.ggml_dtype, cols).and(ggml_bytes(info.ggml_dtype, elements))
+            })
             .ok_or_else(|| {
                 bad(format!(
                     "tensor {name} {shape:?} does not fit {:?} blocks",
