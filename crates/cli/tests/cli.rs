@@ -10,6 +10,15 @@ fn gemma_chat(args: &[&str]) -> Output {
         .expect("run gemma-chat")
 }
 
+/// A command that must succeed; its stderr says why it did not.
+fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gemma-chat-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -37,11 +46,7 @@ fn greedy_json(model: &std::path::Path, messages: &std::path::Path) -> (String, 
         "20",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let report = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     (stdout, report)
@@ -103,11 +108,7 @@ fn forward_writes_ids_and_reference_logits() {
         "--out",
         out_file.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let ours = candle_core::safetensors::load(&out_file, &candle_core::Device::Cpu).unwrap();
     let gold = fixtures::Golden::open("C");
     let ids: Vec<u32> = ours["input_ids"]
@@ -382,11 +383,7 @@ fn bench_json_reports_speed_memory_and_tower_times() {
             "--audio",
             "--json",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out);
         let report: serde_json::Value =
             serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
         for key in [
@@ -480,11 +477,7 @@ fn a_gguf_file_alone_chats_like_its_checkpoint() {
         "--prompt",
         "Hi",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     std::fs::remove_dir_all(dir).ok();
 }
 
