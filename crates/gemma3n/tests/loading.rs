@@ -11,7 +11,16 @@ use gemma3n::Gemma3nModel;
 
 /// A copy of the D model folder whose weights are replaced by `edit`.
 fn edited_copy(tag: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
-    let src = model_dir("D");
+    edited_copy_of("D", tag, edit)
+}
+
+/// A copy of a fixture's model folder (config and weights) with its weights edited by `edit`.
+fn edited_copy_of(
+    variant: &str,
+    tag: &str,
+    edit: impl FnOnce(&mut HashMap<String, Tensor>),
+) -> PathBuf {
+    let src = model_dir(variant);
     let dir = std::env::temp_dir().join(format!("gemma3n-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
@@ -125,17 +134,9 @@ fn load_progress_rises_to_one_and_stops_there() {
     }
 }
 
-/// A copy of fixture C (both towers) with its weights edited, or its file cut short.
+/// A copy of fixture C (both towers) with its weights edited.
 fn damaged_c(tag: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
-    let src = model_dir("C");
-    let dir = std::env::temp_dir().join(format!("gemma3n-tower-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let mut tensors =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    edit(&mut tensors);
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    dir
+    edited_copy_of("C", &format!("tower-{tag}"), edit)
 }
 
 const VISION_CONV: &str = "model.vision_tower.timm_model.blocks.1.2.pw_exp.conv.weight";
