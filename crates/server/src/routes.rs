@@ -76,23 +76,29 @@ impl Running {
         let app = router(state);
         let (shutdown, mut stopping) = watch::channel(false);
         let mut grace_over = stopping.clone();
+        // The server thread says whether it is listening before `start` returns.
+        let (ready_tx, ready) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let thread = std::thread::Builder::new()
             .name("api-server".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                let listening = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .thread_name("api-server")
                     .enable_all()
                     .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => return tracing::error!("the API server cannot start: {e}"),
+                    .and_then(|runtime| {
+                        let listener =
+                            runtime.block_on(async { TcpListener::from_std(listener) })?;
+                        Ok((runtime, listener))
+                    });
+                let (runtime, listener) = match listening {
+                    Ok(started) => {
+                        let _ = ready_tx.send(Ok(()));
+                        started
+                    }
+                    Err(e) => return drop(ready_tx.send(Err(e))),
                 };
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => return tracing::error!("the API server cannot listen: {e}"),
-                    };
                     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = stopping.wait_for(|s| *s).await;
                     });
@@ -111,6 +117,9 @@ impl Running {
                 // Dropping the runtime closes the listener and every connection left.
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })?;
+        ready.recv().map_err(|_| {
+            std::io::Error::other("the API server thread ended before it was listening")
+        })??;
         Ok(Self {
             addr,
             queue,
