@@ -801,6 +801,16 @@ mod tests {
         crate::quantise::normal(rows * cols, seed)
     }
 
+    /// The largest absolute difference of `got` from `want`, and `want`'s largest magnitude.
+    fn max_error(got: &[f32], want: &[f32]) -> (f32, f32) {
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+        (err, scale)
+    }
+
     fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, m: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * rows];
         for i in 0..m {
@@ -822,13 +832,7 @@ mod tests {
         };
         for m in [1, 3, GEMM_MIN_ROWS, 37] {
             let x = matrix(m, cols, 2);
-            let got = p.matmul(&x, m);
-            let want = reference(&w, &x, rows, cols, m);
-            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let err = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            let (err, scale) = max_error(&p.matmul(&x, m), &reference(&w, &x, rows, cols, m));
             assert!(
                 err <= max_rel * scale,
                 "{format} m={m}: max error {err} vs scale {scale}"
@@ -880,13 +884,8 @@ mod tests {
             };
             for m in [3, GEMM_MIN_ROWS + 5] {
                 let x = matrix(m, cols, 6);
-                let want = reference(&values, &x, rows, cols, m);
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let err = p
-                    .matmul(&x, m)
-                    .iter()
-                    .zip(&want)
-                    .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+                let (err, scale) =
+                    max_error(&p.matmul(&x, m), &reference(&values, &x, rows, cols, m));
                 // Only the activations' own 8-bit rounding (dot-product path) separates them.
                 assert!(err <= 2e-2 * scale, "{dtype:?} m={m}: {err} vs {scale}");
             }
@@ -918,13 +917,8 @@ mod tests {
                 };
                 for m in [1, 3, GEMM_MIN_ROWS + 5] {
                     let x = matrix(m, cols, 8);
-                    let want = reference(&values, &x, rows, cols, m);
-                    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    let err = p
-                        .matmul(&x, m)
-                        .iter()
-                        .zip(&want)
-                        .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+                    let (err, scale) =
+                        max_error(&p.matmul(&x, m), &reference(&values, &x, rows, cols, m));
                     assert!(
                         err <= 3e-2 * scale,
                         "{dtype:?} {blocks_per_row} blocks m={m}: {err} vs {scale}"
