@@ -19,8 +19,8 @@ use candle_core::DType;
 use serde_json::{json, Value as Json};
 
 use crate::loader::{map_file, Checkpoint, Encoding, Entry};
-use crate::quant::ggml_bytes;
 use crate::{Error, Result};
+use kernels::ggml_bytes;
 
 const PREFIX: &str = "model.language_model";
 
@@ -549,7 +549,7 @@ fn standard_normal_cdf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::dequantize_into;
+    use kernels::dequantize_into;
 
     #[test]
     fn llama_cpp_names_map_to_ours() {

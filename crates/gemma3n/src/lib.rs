@@ -5,8 +5,6 @@
 //! `model.embed_vision` / `model.embed_audio`, [`vision`] is `model.vision_tower`, [`model`] ties them into
 //! `Gemma3nForConditionalGeneration`.
 
-mod activation;
-mod amx;
 pub mod audio;
 pub mod bench;
 pub mod config;
@@ -17,9 +15,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod nn;
-mod pool;
 pub mod quant;
-mod quantise;
 pub mod text;
 pub mod vision;
 

@@ -20,8 +20,9 @@ use candle_nn::{Init, VarBuilder};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::quant::{dequantize_into, ggml_bytes, QLinear, WeightFormat};
+use crate::quant::{QLinear, WeightFormat};
 use crate::{Error, Result};
+use kernels::{dequantize_into, ggml_bytes};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";

@@ -13,11 +13,11 @@ use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
 use crate::loader::{Checkpoint, ProgressFn};
-use crate::pool;
 use crate::quant::WeightFormat;
 use crate::text::{TextModel, Trace};
 use crate::vision::{Arch, VisionTower};
 use crate::{Error, Result};
+use kernels::pool;
 
 /// How to load a model: weight storage, device, CPU threads, and a progress report.
 #[derive(Clone)]

@@ -4,7 +4,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::activation::{gelu_tanh, tanh};
+use kernels::activation::{gelu_tanh, tanh};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`, with the weight used as
 /// stored (Gemma 3n has no `1 + w` offset).  Always computed in f32, result in the input dtype.

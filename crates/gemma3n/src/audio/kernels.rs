@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::amx;
+use ::kernels::amx;
 
 /// Frames per rayon task: enough work per task to amortise the scheduling.
 const ROWS_PER_TASK: usize = 4;
@@ -288,7 +288,7 @@ impl CustomOp1 for CausalConvNormSilu<'_> {
 }
 
 /// Bias-free linear layer.  On CPUs with AMX its f32 weight is packed once into AMX tiles
-/// ([`crate::amx`]); elsewhere it is held transposed (`[in, out]`, contiguous), so that the
+/// ([`::kernels::amx`]); elsewhere it is held transposed (`[in, out]`, contiguous), so that the
 /// matrix multiply reads it in place instead of repacking the `[out, in]` checkpoint layout on
 /// every call, which took a fifth of the tower's matmul time.
 #[derive(Debug, Clone)]

@@ -56,7 +56,7 @@ impl AudioEncoder {
         valid: &Tensor,
         trace: Option<&mut AudioTrace>,
     ) -> Result<AudioEncoding> {
-        crate::pool::busy(|| self.encode(mel, valid, trace))
+        ::kernels::pool::busy(|| self.encode(mel, valid, trace))
     }
 
     fn encode(

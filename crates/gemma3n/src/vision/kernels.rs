@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use crate::activation::gelu_tanh;
+use ::kernels::activation::gelu_tanh;
 
 /// Geometry of a 2-D convolution window over an NHWC input.
 #[derive(Debug, Clone, Copy)]

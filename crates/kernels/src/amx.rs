@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::quant::RowSource;
+use crate::packed::RowSource;
 
 /// Smallest weight side worth packing.  Below it the f32 path is as quick, and more exact: the
 /// bf16×3 error (about 4e-6 relative) matches f32's own rounding only once a dot product sums
@@ -35,11 +35,15 @@ const K_CHUNK: usize = 1536;
 const TASK_ROWS: usize = 128;
 const TASK_COLS: usize = 512;
 
-/// Whether this CPU has AMX-BF16 and the OS lets this process use its tiles.
+/// Whether the kernels run at the AMX level (see [`crate::cpu`]).
 pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE
-        .get_or_init(|| std::env::var_os("GEMMA_CHAT_NO_AMX").is_none() && platform::enable_tiles())
+    crate::cpu::level() == crate::cpu::Level::Amx
+}
+
+/// Whether this CPU has AMX-BF16 and the OS lets this process use its tiles (asked once, when
+/// the level is detected).
+pub(crate) fn enable_tiles() -> bool {
+    platform::enable_tiles()
 }
 
 /// `[out, in]` f32 weights laid out as AMX B tiles (bf16 pairs of the inner dimension side by

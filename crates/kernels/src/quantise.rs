@@ -10,6 +10,9 @@
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType};
 use half::{bf16, f16};
 
+use crate::blocks::{view, Q4K};
+use crate::cpu::multiversion;
+
 /// A block type that can be filled from f32 rows.
 pub(crate) trait Quantise: GgmlType {
     /// `src.len() == dst.len() * Self::BLCK_SIZE`.
@@ -21,10 +24,8 @@ pub(crate) trait Quantise: GgmlType {
 impl Quantise for bf16 {}
 impl Quantise for BlockQ4_0 {}
 
-const Q8_0_BYTES: usize = 34;
 const Q4K_BYTES: usize = 144;
 const Q6K_BYTES: usize = 210;
-const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == Q8_0_BYTES);
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == Q4K_BYTES);
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == Q6K_BYTES);
 
@@ -40,7 +41,7 @@ fn block_bytes<T: GgmlType>(blocks: &mut [T]) -> &mut [u8] {
     }
 }
 
-fn inverse(d: f32) -> f32 {
+pub(crate) fn inverse(d: f32) -> f32 {
     if d > 0.0 {
         1.0 / d
     } else {
@@ -51,14 +52,14 @@ fn inverse(d: f32) -> f32 {
 /// Round to nearest (ties to even) for |v| < 2²², by adding 1.5·2²³ so the integer lands in the
 /// mantissa bits: plain float and integer arithmetic that vectorises, where the saturating
 /// float-to-int casts do not.  Callers' values are bounded by their scales.
-fn nearest(v: f32) -> i32 {
+pub(crate) fn nearest(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// Largest magnitude of a block.  Non-negative floats order like their bit patterns, and an
 /// integer maximum vectorises where a float one (NaN rules) does not.
-fn max_abs(xs: &[f32]) -> f32 {
+pub(crate) fn max_abs(xs: &[f32]) -> f32 {
     f32::from_bits(
         xs.iter()
             .map(|v| v.to_bits() & 0x7fff_ffff)
@@ -79,19 +80,9 @@ fn from_ordered(o: i32) -> f32 {
 }
 
 impl Quantise for BlockQ8_0 {
-    /// ggml's q8_0: one f16 scale per 32 values, `q = round(x / d)` with `d = max|x| / 127`.
+    /// ggml's q8_0, as activations are quantised.
     fn quantise(src: &[f32], dst: &mut [Self]) {
-        for (x, out) in src
-            .chunks_exact(32)
-            .zip(block_bytes(dst).chunks_exact_mut(Q8_0_BYTES))
-        {
-            let d = max_abs(x) / 127.0;
-            let id = inverse(d);
-            out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-            for (q, v) in out[2..].iter_mut().zip(x) {
-                *q = nearest(v * id) as u8;
-            }
-        }
+        crate::dot::quantise_q8_0(src, crate::blocks::view_mut(dst))
     }
 }
 
@@ -143,39 +134,24 @@ impl Quantise for BlockQ4K {
     }
 }
 
-/// Q4_K blocks widened to f32, the same values as candle's `to_float` (same operations, in the
-/// same order) with loops that vectorise: candle's widens the high nibbles one at a time, and
-/// widening is a tenth of a q4k prefill.
-pub(crate) fn widen_q4k(blocks: &[BlockQ4K], out: &mut [f32]) {
-    assert_eq!(out.len(), blocks.len() * 256, "widening Q4_K");
-    // SAFETY: `BlockQ4K` is a `repr(C)` struct of `Q4K_BYTES` plain bytes (asserted above).
-    let bytes = unsafe {
-        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
-    };
-    for (b, y) in bytes.chunks_exact(Q4K_BYTES).zip(out.chunks_exact_mut(256)) {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32();
-        let (scales, qs) = b[4..].split_at(12);
-        // Sub-block `j`'s 6-bit scale and min (ggml's `get_scale_min_k4`).
-        let scale_min = |j: usize| {
-            if j < 4 {
-                (scales[j] & 63, scales[j + 4] & 63)
-            } else {
-                (
-                    (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4),
-                    (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-                )
-            }
-        };
-        for (pair, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-            let (sc_lo, m_lo) = scale_min(2 * pair);
-            let (sc_hi, m_hi) = scale_min(2 * pair + 1);
-            let (d_lo, min_lo) = (d * sc_lo as f32, dmin * m_lo as f32);
-            let (d_hi, min_hi) = (d * sc_hi as f32, dmin * m_hi as f32);
-            let (lo, hi) = y.split_at_mut(32);
-            for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(q) {
-                *lo = d_lo * (q & 0xF) as f32 - min_lo;
-                *hi = d_hi * (q >> 4) as f32 - min_hi;
+multiversion! {
+    /// Q4_K blocks widened to f32, the same values as candle's `to_float` (same operations, in
+    /// the same order) with loops that vectorise: candle's widens the high nibbles one at a time,
+    /// and widening is a tenth of a q4k prefill.
+    pub(crate) fn widen_q4k(blocks: &[BlockQ4K], out: &mut [f32]) {
+        assert_eq!(out.len(), blocks.len() * 256, "widening Q4_K");
+        for (b, y) in view::<_, Q4K>(blocks).iter().zip(out.chunks_exact_mut(256)) {
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            for (pair, (q, y)) in b.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+                let (sc_lo, m_lo) = b.scale_min(2 * pair);
+                let (sc_hi, m_hi) = b.scale_min(2 * pair + 1);
+                let (d_lo, min_lo) = (d * sc_lo as f32, dmin * m_lo as f32);
+                let (d_hi, min_hi) = (d * sc_hi as f32, dmin * m_hi as f32);
+                let (lo, hi) = y.split_at_mut(32);
+                for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(q) {
+                    *lo = d_lo * (q & 0xF) as f32 - min_lo;
+                    *hi = d_hi * (q >> 4) as f32 - min_hi;
+                }
             }
         }
     }

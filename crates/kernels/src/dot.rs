@@ -1,0 +1,678 @@
+//! Dot products of packed weight blocks with quantised activations, one version per
+//! [`Level`], chosen at each call from [`cpu::level`].
+//!
+//! Each weight format meets its companion activation format: q8_0 and q4_0 weights meet q8_0
+//! activations, the k-quants meet [`Q8K`].  The integer sums of a block are exact at every level;
+//! the k-quants then add their blocks' float terms in the same order at every level (bit-exact
+//! results), while q8_0 and q4_0 keep eight partial float sums (their blocks are too short for a
+//! per-block horizontal sum), which differ from the scalar order by float rounding only.
+
+use half::{bf16, f16};
+
+use crate::blocks::{Q4K, Q4_0, Q6K, Q8K, Q8_0};
+use crate::cpu::{self, multiversion, Level};
+use crate::quantise::{inverse, max_abs, nearest};
+
+impl Q8K {
+    pub const ZERO: Q8K = Q8K {
+        d: 0.0,
+        qs: [0; 256],
+        bsums: [0; 16],
+    };
+}
+
+impl Q8_0 {
+    pub const ZERO: Q8_0 = Q8_0 {
+        d: f16::ZERO,
+        qs: [0; 32],
+    };
+}
+
+multiversion! {
+    /// Activations as [`Q8K`] blocks: `q = round(x / d)` in [−127, 127] with `d = max|x| / 127`
+    /// per 256 values, and the sums of each 16.  `x.len() == out.len() · 256`.
+    pub fn quantise_q8k(x: &[f32], out: &mut [Q8K]) {
+        assert_eq!(x.len(), out.len() * 256, "quantising activations to Q8_K");
+        for (x, b) in x.chunks_exact(256).zip(out.iter_mut()) {
+            let d = max_abs(x) / 127.0;
+            let id = inverse(d);
+            b.d = d;
+            for (q, v) in b.qs.iter_mut().zip(x) {
+                *q = nearest(v * id) as i8;
+            }
+            for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *s = q.iter().map(|&v| v as i16).sum();
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Activations as [`Q8_0`] blocks (ggml's q8_0: `d = max|x| / 127` per 32 values).
+    pub fn quantise_q8_0(x: &[f32], out: &mut [Q8_0]) {
+        assert_eq!(x.len(), out.len() * 32, "quantising activations to Q8_0");
+        for (x, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+            let d = max_abs(x) / 127.0;
+            let id = inverse(d);
+            b.d = f16::from_f32(d);
+            for (q, v) in b.qs.iter_mut().zip(x) {
+                *q = nearest(v * id) as i8;
+            }
+        }
+    }
+}
+
+/// `Σ w·x` over q8_0 blocks.
+pub fn q8_0(w: &[Q8_0], x: &[Q8_0]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if cpu::level() >= Level::Avx2 {
+        // SAFETY: the CPU has AVX2, FMA and F16C (every level from Avx2 up includes them).
+        return unsafe { avx2::q8_0(w, x) };
+    }
+    scalar::q8_0(w, x)
+}
+
+/// `Σ w·x` over q4_0 weight blocks and q8_0 activation blocks.
+pub fn q4_0(w: &[Q4_0], x: &[Q8_0]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if cpu::level() >= Level::Avx2 {
+        // SAFETY: as in `q8_0`.
+        return unsafe { avx2::q4_0(w, x) };
+    }
+    scalar::q4_0(w, x)
+}
+
+/// `Σ w·x` over Q4_K weight blocks and Q8_K activation blocks.
+pub fn q4k(w: &[Q4K], x: &[Q8K]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if cpu::level() >= Level::Avx2 {
+        // SAFETY: as in `q8_0`.
+        return unsafe { avx2::q4k(w, x) };
+    }
+    scalar::q4k(w, x)
+}
+
+/// `Σ w·x` over Q6_K weight blocks and Q8_K activation blocks.
+pub fn q6k(w: &[Q6K], x: &[Q8K]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if cpu::level() >= Level::Avx2 {
+        // SAFETY: as in `q8_0`.
+        return unsafe { avx2::q6k(w, x) };
+    }
+    scalar::q6k(w, x)
+}
+
+/// `Σ w·x` with bf16 `w` widened exactly.
+pub fn bf16_f32(w: &[bf16], x: &[f32]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    match cpu::level() {
+        // SAFETY: the level includes AVX-512F.
+        Level::Avx512 | Level::Amx => return unsafe { avx512::bf16_f32(w, x) },
+        // SAFETY: the level includes AVX2 and FMA.
+        Level::Avx2 => return unsafe { avx2::bf16_f32(w, x) },
+        Level::Baseline => {}
+    }
+    scalar::bf16_f32(w, x)
+}
+
+/// The reference versions: plain loops over the block layouts, what every other level must
+/// reproduce.
+pub mod scalar {
+    use super::*;
+
+    pub fn q8_0(w: &[Q8_0], x: &[Q8_0]) -> f32 {
+        w.iter()
+            .zip(x)
+            .map(|(w, x)| {
+                let sum: i32 =
+                    w.qs.iter()
+                        .zip(&x.qs)
+                        .map(|(&a, &b)| a as i32 * b as i32)
+                        .sum();
+                w.d.to_f32() * x.d.to_f32() * sum as f32
+            })
+            .sum()
+    }
+
+    pub fn q4_0(w: &[Q4_0], x: &[Q8_0]) -> f32 {
+        w.iter()
+            .zip(x)
+            .map(|(w, x)| {
+                let (lo, hi) = x.qs.split_at(16);
+                let sum: i32 =
+                    w.qs.iter()
+                        .zip(lo.iter().zip(hi))
+                        .map(|(&q, (&a, &b))| {
+                            ((q & 0xF) as i32 - 8) * a as i32 + ((q >> 4) as i32 - 8) * b as i32
+                        })
+                        .sum();
+                w.d.to_f32() * x.d.to_f32() * sum as f32
+            })
+            .sum()
+    }
+
+    pub fn q4k(w: &[Q4K], x: &[Q8K]) -> f32 {
+        let mut acc = 0f32;
+        for (w, x) in w.iter().zip(x) {
+            let (mut sumi, mut summ) = (0i32, 0i32);
+            for pair in 0..4 {
+                let q = &w.qs[32 * pair..][..32];
+                let (y_lo, y_hi) = x.qs[64 * pair..][..64].split_at(32);
+                let (sc_lo, m_lo) = w.scale_min(2 * pair);
+                let (sc_hi, m_hi) = w.scale_min(2 * pair + 1);
+                let (mut lo, mut hi) = (0i32, 0i32);
+                for ((&q, &a), &b) in q.iter().zip(y_lo).zip(y_hi) {
+                    lo += (q & 0xF) as i32 * a as i32;
+                    hi += (q >> 4) as i32 * b as i32;
+                }
+                sumi += sc_lo as i32 * lo + sc_hi as i32 * hi;
+                let bsum = |j: usize| x.bsums[2 * j] as i32 + x.bsums[2 * j + 1] as i32;
+                summ += m_lo as i32 * bsum(2 * pair) + m_hi as i32 * bsum(2 * pair + 1);
+            }
+            acc += x.d * w.d.to_f32() * sumi as f32 - x.d * w.dmin.to_f32() * summ as f32;
+        }
+        acc
+    }
+
+    pub fn q6k(w: &[Q6K], x: &[Q8K]) -> f32 {
+        let mut acc = 0f32;
+        for (w, x) in w.iter().zip(x) {
+            let mut sumi = 0i32;
+            for half in 0..2 {
+                let ql = &w.ql[64 * half..];
+                let qh = &w.qh[32 * half..];
+                let y = &x.qs[128 * half..];
+                let sc = &w.scales[8 * half..];
+                for l in 0..32 {
+                    let q = [
+                        (ql[l] & 0xF) | ((qh[l] & 3) << 4),
+                        (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4),
+                        (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                        (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                    ];
+                    for (i, q) in q.into_iter().enumerate() {
+                        let s = sc[2 * i + l / 16] as i32;
+                        sumi += s * (q as i32 - 32) * y[32 * i + l] as i32;
+                    }
+                }
+            }
+            acc += x.d * w.d.to_f32() * sumi as f32;
+        }
+        acc
+    }
+
+    /// Lane-wise partial sums, so that the loop vectorises (at whatever width the build has).
+    pub fn bf16_f32(w: &[bf16], x: &[f32]) -> f32 {
+        const LANES: usize = 64;
+        let mut acc = [0f32; LANES];
+        let (wc, wt) = w.split_at(w.len() / LANES * LANES);
+        let (xc, xt) = x.split_at(wc.len());
+        for (w, x) in wc.chunks_exact(LANES).zip(xc.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                acc[l] += f32::from_bits((w[l].to_bits() as u32) << 16) * x[l];
+            }
+        }
+        let tail: f32 = wt.iter().zip(xt).map(|(w, x)| w.to_f32() * x).sum();
+        // Halving sums, which vectorise; a plain `sum` adds the lanes one after another.
+        let mut width = LANES / 2;
+        while width > 0 {
+            let (low, high) = acc.split_at_mut(width);
+            low.iter_mut()
+                .zip(&high[..width])
+                .for_each(|(a, b)| *a += b);
+            width /= 2;
+        }
+        acc[0] + tail
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn load(p: *const i8) -> __m256i {
+        // SAFETY: callers pass 32 readable bytes.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum_ps(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)))
+    }
+
+    /// Eight i32 sums of 4 products each of signed bytes `a·b` (the unsigned×signed
+    /// instruction, with `a`'s sign moved onto `b`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn mul_sum_i8(a: __m256i, b: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn scale(a: f16, b: f16) -> __m256 {
+        let both = _mm_cvtph_ps(_mm_cvtsi32_si128(
+            a.to_bits() as i32 | ((b.to_bits() as i32) << 16),
+        ));
+        _mm256_set1_ps(_mm_cvtss_f32(both) * _mm_cvtss_f32(_mm_movehdup_ps(both)))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `w.len() == x.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0(w: &[Q8_0], x: &[Q8_0]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (i, (w, x)) in w.iter().zip(x).enumerate() {
+            // SAFETY: each block holds 32 quants.
+            let (a, b) = unsafe { (load(w.qs.as_ptr()), load(x.qs.as_ptr())) };
+            let sums = _mm256_cvtepi32_ps(mul_sum_i8(a, b));
+            acc[i & 1] = _mm256_fmadd_ps(scale(w.d, x.d), sums, acc[i & 1]);
+        }
+        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+    }
+
+    /// # Safety
+    /// As [`q8_0`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_0(w: &[Q4_0], x: &[Q8_0]) -> f32 {
+        let nibble = _mm256_set1_epi8(0xF);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (i, (w, x)) in w.iter().zip(x).enumerate() {
+            // SAFETY: a Q4_0 block holds 16 bytes, a Q8_0 block 32.
+            let (packed, b) =
+                unsafe { (_mm_loadu_si128(w.qs.as_ptr().cast()), load(x.qs.as_ptr())) };
+            // Low nibbles are values 0–15, high nibbles 16–31.
+            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
+            let a = _mm256_sub_epi8(_mm256_and_si256(both, nibble), _mm256_set1_epi8(8));
+            let sums = _mm256_cvtepi32_ps(mul_sum_i8(a, b));
+            acc[i & 1] = _mm256_fmadd_ps(scale(w.d, x.d), sums, acc[i & 1]);
+        }
+        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+    }
+
+    /// # Safety
+    /// As [`q8_0`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4k(w: &[Q4K], x: &[Q8K]) -> f32 {
+        let nibble = _mm256_set1_epi8(0xF);
+        let mut acc = 0f32;
+        for (w, x) in w.iter().zip(x) {
+            let mut sumi = _mm256_setzero_si256();
+            let mut summ = 0i32;
+            for pair in 0..4 {
+                let (sc_lo, m_lo) = w.scale_min(2 * pair);
+                let (sc_hi, m_hi) = w.scale_min(2 * pair + 1);
+                // SAFETY: 32 bytes of quants per pair, 64 activations.
+                let (q, y_lo, y_hi) = unsafe {
+                    (
+                        load(w.qs.as_ptr().add(32 * pair).cast()),
+                        load(x.qs.as_ptr().add(64 * pair)),
+                        load(x.qs.as_ptr().add(64 * pair + 32)),
+                    )
+                };
+                let lo = _mm256_and_si256(q, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
+                let lo = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, y_lo),
+                    _mm256_set1_epi16(sc_lo as i16),
+                );
+                let hi = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, y_hi),
+                    _mm256_set1_epi16(sc_hi as i16),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo, hi));
+                let bsum = |j: usize| x.bsums[2 * j] as i32 + x.bsums[2 * j + 1] as i32;
+                summ += m_lo as i32 * bsum(2 * pair) + m_hi as i32 * bsum(2 * pair + 1);
+            }
+            let sumi = hsum_epi32(sumi);
+            acc += x.d * w.d.to_f32() * sumi as f32 - x.d * w.dmin.to_f32() * summ as f32;
+        }
+        acc
+    }
+
+    /// Bits `SHIFT` and `SHIFT + 1` of each byte of `qh`, moved to bits 4 and 5.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn high_bits<const SHIFT: i32>(qh: __m256i) -> __m256i {
+        let two = _mm256_and_si256(_mm256_srli_epi16::<SHIFT>(qh), _mm256_set1_epi8(3));
+        _mm256_slli_epi16::<4>(two)
+    }
+
+    /// # Safety
+    /// As [`q8_0`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q6k(w: &[Q6K], x: &[Q8K]) -> f32 {
+        let nibble = _mm256_set1_epi8(0xF);
+        let mut acc = 0f32;
+        for (w, x) in w.iter().zip(x) {
+            let mut sumi = _mm256_setzero_si256();
+            for half in 0..2 {
+                // SAFETY: each half has 64 bytes of `ql`, 32 of `qh`, 128 activations.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        load(w.ql.as_ptr().add(64 * half).cast()),
+                        load(w.ql.as_ptr().add(64 * half + 32).cast()),
+                        load(w.qh.as_ptr().add(32 * half).cast()),
+                    )
+                };
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, nibble), high_bits::<0>(qh)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, nibble), high_bits::<2>(qh)),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), nibble),
+                        high_bits::<4>(qh),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), nibble),
+                        high_bits::<6>(qh),
+                    ),
+                ];
+                for (i, q) in q.into_iter().enumerate() {
+                    // SAFETY: 32 activations per quarter.
+                    let y = unsafe { load(x.qs.as_ptr().add(128 * half + 32 * i)) };
+                    let s = 8 * half + 2 * i;
+                    let scales = _mm256_set_m128i(
+                        _mm_set1_epi16(w.scales[s + 1] as i16),
+                        _mm_set1_epi16(w.scales[s] as i16),
+                    );
+                    let products = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), scales);
+                    sumi = _mm256_add_epi32(sumi, products);
+                }
+            }
+            // The quants are stored offset by 32: Σ sc·(q − 32)·y = Σ sc·q·y − 32·Σ sc·bsum.
+            let offset: i32 = w
+                .scales
+                .iter()
+                .zip(&x.bsums)
+                .map(|(&s, &b)| s as i32 * b as i32)
+                .sum();
+            let sumi = hsum_epi32(sumi) - 32 * offset;
+            acc += x.d * w.d.to_f32() * sumi as f32;
+        }
+        acc
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `w.len() == x.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn bf16_f32(w: &[bf16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let whole = n / 32 * 32;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in (0..whole).step_by(32) {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let at = i + 8 * j;
+                // SAFETY: `at + 8 ≤ whole ≤ n`, within both slices.
+                let (wv, xv) = unsafe {
+                    (
+                        _mm_loadu_si128(w.as_ptr().add(at).cast()),
+                        _mm256_loadu_ps(x.as_ptr().add(at)),
+                    )
+                };
+                // bf16 → f32 is a 16-bit shift into the high half.
+                let wf = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(wv)));
+                *acc = _mm256_fmadd_ps(wf, xv, *acc);
+            }
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let tail: f32 = w[whole..n]
+            .iter()
+            .zip(&x[whole..n])
+            .map(|(w, x)| w.to_f32() * x)
+            .sum();
+        hsum_ps(sum) + tail
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// 512-bit registers with fused multiply-adds, four accumulators reduced once.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `w.len() == x.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn bf16_f32(w: &[bf16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let whole = n / 64 * 64;
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for i in (0..whole).step_by(64) {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let at = i + 16 * j;
+                // SAFETY: `at + 16 ≤ whole ≤ n`, within both slices.
+                let (wv, xv) = unsafe {
+                    (
+                        _mm256_loadu_si256(w.as_ptr().add(at).cast()),
+                        _mm512_loadu_ps(x.as_ptr().add(at)),
+                    )
+                };
+                let wf = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(wv)));
+                *acc = _mm512_fmadd_ps(wf, xv, *acc);
+            }
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let tail: f32 = w[whole..n]
+            .iter()
+            .zip(&x[whole..n])
+            .map(|(w, x)| w.to_f32() * x)
+            .sum();
+        _mm512_reduce_add_ps(sum) + tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::view;
+    use candle_core::quantized::k_quants::{
+        BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, GgmlType,
+    };
+
+    /// xorshift bytes.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// `n` blocks of arbitrary bytes (every quant and scale pattern), their f16 scales then set
+    /// to finite values by `fix`.
+    fn random_blocks<T: Copy>(n: usize, seed: u64, fix: impl Fn(&mut T, usize)) -> Vec<T> {
+        let raw = bytes(n * size_of::<T>(), seed);
+        let mut out: Vec<T> = (0..n)
+            // SAFETY: the block types here are plain integers and f16s, valid for any bytes.
+            .map(|i| unsafe { std::ptr::read_unaligned(raw[i * size_of::<T>()..].as_ptr().cast()) })
+            .collect();
+        for (i, b) in out.iter_mut().enumerate() {
+            fix(b, i);
+        }
+        out
+    }
+
+    fn scale_of(i: usize) -> f16 {
+        f16::from_f32(0.01 + 0.003 * (i % 7) as f32)
+    }
+
+    /// Activations with every byte pattern, −128 included, and consistent sums.
+    fn random_q8k(n: usize, seed: u64) -> Vec<Q8K> {
+        random_blocks(n, seed, |b: &mut Q8K, i| {
+            b.d = 0.02 + 0.001 * i as f32;
+            for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *s = q.iter().map(|&v| v as i16).sum();
+            }
+        })
+    }
+
+    /// Quants in [−127, 127], as ggml writes them (see [`Q8_0`]).
+    fn random_q8_0(n: usize, seed: u64) -> Vec<Q8_0> {
+        random_blocks(n, seed, |b: &mut Q8_0, i| {
+            b.d = scale_of(i + 3);
+            b.qs.iter_mut().for_each(|q| *q = (*q).max(-127));
+        })
+    }
+
+    /// Runs `check` at every level this CPU supports, one level at a time.
+    fn at_every_level(check: impl Fn(Level)) {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let before = cpu::level();
+        for level in Level::supported() {
+            cpu::set_level(level).unwrap();
+            check(level);
+        }
+        cpu::set_level(before).unwrap();
+    }
+
+    /// Ragged block counts: none, one, odd, and longer than any unrolling.
+    const COUNTS: [usize; 6] = [0, 1, 3, 8, 13, 34];
+
+    fn close(got: f32, want: f32, scale: f32, what: &str) {
+        assert!(
+            (got - want).abs() <= 1e-5 * scale.max(1e-3),
+            "{what}: {got} vs {want} (scale {scale})"
+        );
+    }
+
+    #[test]
+    fn k_quant_dots_are_bit_exact_at_every_level_and_match_candle() {
+        at_every_level(|level| {
+            for n in COUNTS {
+                let x = random_q8k(n, 11 + n as u64);
+                let w4 = random_blocks(n, 5 + n as u64, |b: &mut Q4K, i| {
+                    b.d = scale_of(i);
+                    b.dmin = scale_of(i + 1);
+                });
+                let w6 = random_blocks(n, 7 + n as u64, |b: &mut Q6K, i| b.d = scale_of(i));
+                for (name, got, want, candle) in [
+                    (
+                        "q4k",
+                        q4k(&w4, &x),
+                        scalar::q4k(&w4, &x),
+                        BlockQ4K::vec_dot(n * 256, view(&w4), view::<_, BlockQ8K>(&x)),
+                    ),
+                    (
+                        "q6k",
+                        q6k(&w6, &x),
+                        scalar::q6k(&w6, &x),
+                        BlockQ6K::vec_dot(n * 256, view(&w6), view::<_, BlockQ8K>(&x)),
+                    ),
+                ] {
+                    let what = format!("{name} at {level}, {n} blocks");
+                    assert_eq!(got.to_bits(), want.to_bits(), "{what}: {got} vs {want}");
+                    close(want, candle, want.abs().max(candle.abs()), &what);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn q8_0_and_q4_0_dots_match_the_reference_at_every_level() {
+        at_every_level(|level| {
+            for n in COUNTS {
+                let x = random_q8_0(n, 21 + n as u64);
+                let q8 = random_q8_0(n, 23 + n as u64);
+                let q4 = random_blocks(n, 29 + n as u64, |b: &mut Q4_0, i| b.d = scale_of(i));
+                // The scale of the sum: Σ |block terms|.
+                let magnitude =
+                    |terms: &dyn Fn(usize) -> f32| (0..n).map(|b| terms(b).abs()).sum::<f32>();
+                let s8 = magnitude(&|b| scalar::q8_0(&q8[b..b + 1], &x[b..b + 1]));
+                let s4 = magnitude(&|b| scalar::q4_0(&q4[b..b + 1], &x[b..b + 1]));
+                let what = |name: &str| format!("{name} at {level}, {n} blocks");
+                let want8 = scalar::q8_0(&q8, &x);
+                close(q8_0(&q8, &x), want8, s8, &what("q8_0"));
+                let candle8 = BlockQ8_0::vec_dot(n * 32, view(&q8), view::<_, BlockQ8_0>(&x));
+                close(candle8, want8, s8, &what("candle q8_0"));
+                let want4 = scalar::q4_0(&q4, &x);
+                close(q4_0(&q4, &x), want4, s4, &what("q4_0"));
+                let candle4 = BlockQ4_0::vec_dot(n * 32, view(&q4), view::<_, BlockQ8_0>(&x));
+                close(candle4, want4, s4, &what("candle q4_0"));
+            }
+        });
+    }
+
+    #[test]
+    fn bf16_dots_match_f64_at_every_level() {
+        let values = crate::quantise::normal(700, 8);
+        let w: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+        let x = crate::quantise::normal(700, 9);
+        at_every_level(|level| {
+            for n in [0, 1, 7, 15, 32, 64, 65, 200, 256, 700] {
+                let want: f64 = (0..n).map(|i| w[i].to_f64() * x[i] as f64).sum();
+                let scale: f64 = (0..n).map(|i| (w[i].to_f64() * x[i] as f64).abs()).sum();
+                for got in [
+                    bf16_f32(&w[..n], &x[..n]),
+                    scalar::bf16_f32(&w[..n], &x[..n]),
+                ] {
+                    let err = (got as f64 - want).abs();
+                    assert!(
+                        err <= 1e-6 * scale.max(1.0),
+                        "{level} n={n}: {got} vs {want}"
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn activations_quantise_alike_at_every_level() {
+        let mut x = crate::quantise::normal(256 * 5, 3);
+        x[17] = 40.0; // an outlier sets its block's scale
+        x[300..556].fill(0.0); // a block of zeros
+        let reference = {
+            let mut k = vec![Q8K::ZERO; 5];
+            let mut q = vec![Q8_0::ZERO; 40];
+            cpu::set_level(Level::Baseline).unwrap();
+            quantise_q8k(&x, &mut k);
+            quantise_q8_0(&x, &mut q);
+            (k, q)
+        };
+        at_every_level(|level| {
+            let mut k = vec![Q8K::ZERO; 5];
+            let mut q = vec![Q8_0::ZERO; 40];
+            quantise_q8k(&x, &mut k);
+            quantise_q8_0(&x, &mut q);
+            for (a, b) in k.iter().zip(&reference.0) {
+                assert!(
+                    a.d == b.d && a.qs == b.qs && a.bsums == b.bsums,
+                    "Q8_K at {level}"
+                );
+            }
+            for (a, b) in q.iter().zip(&reference.1) {
+                assert!(a.d == b.d && a.qs == b.qs, "Q8_0 at {level}");
+            }
+        });
+        let (k, _) = reference;
+        assert_eq!(k[0].qs[17], 127);
+        assert!(k[1].qs[44..].iter().chain(&k[2].qs[..44]).all(|&q| q == 0));
+        for b in &k {
+            for (s, q) in b.bsums.iter().zip(b.qs.chunks_exact(16)) {
+                assert_eq!(*s, q.iter().map(|&v| v as i16).sum::<i16>());
+            }
+            let back: Vec<f32> = b.qs.iter().map(|&q| q as f32 * b.d).collect();
+            assert!(back.iter().all(|v| v.is_finite()));
+        }
+    }
+}
