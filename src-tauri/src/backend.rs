@@ -81,6 +81,8 @@ pub struct ModelInfo {
     pub defaults: SamplingParams,
     /// Longest prompt plus reply, in tokens.
     pub context_length: usize,
+    /// Where it computes, e.g. "CPU, avx2 kernels".
+    pub compute: String,
 }
 
 pub trait ChatBackend: Send {
@@ -137,6 +139,7 @@ pub mod scripted {
                 demo: true,
                 defaults: SamplingParams::default(),
                 context_length: 4096,
+                compute: "CPU, baseline kernels".to_string(),
             }
         }
 

@@ -38,6 +38,7 @@ impl ModelBackend {
                 demo,
                 defaults: engine.default_sampling(),
                 context_length: engine.context_length(),
+                compute: engine.compute_description(),
             },
             engine,
         })

@@ -114,7 +114,7 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
   return Promise.resolve();
 }
 
-let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults, contextLength: 4096 } };
+let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults, contextLength: 4096, compute: 'CPU, avx2 kernels' } };
 
 /** As on the model thread: every status change is announced. */
 async function setModelStatus(status: ModelStatus): Promise<void> {
@@ -127,7 +127,7 @@ async function loadModel(path: string): Promise<void> {
   await setModelStatus({ state: 'loading', path, progress: 0 });
   if (control.loadStopsAt != null) return setModelStatus({ state: 'loading', path, progress: control.loadStopsAt });
   const repo = /models--(.+?)\/snapshots\//.exec(path)?.[1].replace('--', '/');
-  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults, contextLength: 4096 } });
+  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults, contextLength: 4096, compute: 'CPU, avx2 kernels' } });
 }
 
 /** As the backend reports it: serving when on, unless the port is taken. */

@@ -16,6 +16,8 @@ export interface ModelInfo {
   demo: boolean;
   defaults: Sampling;
   contextLength: number;
+  /** Where the model computes, e.g. "CPU, avx2 kernels". */
+  compute: string;
 }
 
 export type ModelStatus =

@@ -72,7 +72,7 @@ export class ModelsView {
       this.badge.classList.add('loading');
     } else if (status.state === 'ready') {
       this.badge.textContent = status.model.demo ? 'Demo model — replies are noise' : status.model.name;
-      this.badge.title = status.model.path;
+      this.badge.title = `${status.model.path}\n${status.model.compute}`;
       if (status.model.demo) this.badge.classList.add('demo');
     } else {
       this.badge.textContent = 'No model loaded';
@@ -234,6 +234,9 @@ export class ModelsView {
       h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Or type its path' }), folder),
         button('Open the typed model folder', 'Open', () => void this.openModel(folder.value.trim()))),
       h('h2', { text: 'Loading' }),
+      ...(this.model.state === 'ready'
+        ? [h('p', { class: 'hint model-details', text: `Loaded: ${this.model.model.name} — ${this.model.model.contextLength.toLocaleString()} tokens of context, running on ${this.model.model.compute}.` })]
+        : []),
       h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Weight format' }), weights), h('label', {}, h('span', { text: 'Threads' }), threads)),
       h('div', { class: 'actions' },
         button('Save load settings', 'Save', () => void saveLoad(false), 'primary'),

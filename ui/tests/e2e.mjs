@@ -371,6 +371,8 @@ e2e('a model downloads from the Hub with progress, then loads and answers', asyn
     // The finished download is loaded at once, and named by its repo.
     await waitText('.model-badge', /^google\/gemma-3n-E2B-it$/, 120000);
     await waitText('section[aria-label="Models"]', /On this computer — works offline/);
+    // The model details say where it runs: the CPU kernels' level, chosen at start-up.
+    await waitText('section[aria-label="Models"]', /running on CPU, (baseline|avx2|avx512|amx) kernels\./);
     // The app's log tells the same story, for whoever must find where a download stopped.
     const log = appLogTail(200);
     assert.match(log, /google\/gemma-3n-E2B-it downloaded in [\d.]+ s/);

@@ -321,8 +321,8 @@ fn bench(args: BenchArgs) -> Result<()> {
     let mb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} MiB"));
     println!("model          {}", dir.display());
     println!(
-        "weights        {} ({} threads)",
-        report.weights, report.threads
+        "weights        {} ({} threads, {} CPU kernels)",
+        report.weights, report.threads, report.cpu_level
     );
     println!(
         "load           {:.2} s (RSS {})",

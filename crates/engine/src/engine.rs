@@ -288,6 +288,11 @@ impl Engine {
         self.model.max_context()
     }
 
+    /// Where the model computes, for people to read (e.g. "CPU, avx2 kernels").
+    pub fn compute_description(&self) -> String {
+        self.model.compute_description()
+    }
+
     /// Forget the cached conversation.
     pub fn reset(&mut self) {
         self.state.clear();

@@ -37,6 +37,8 @@ impl Default for BenchOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub weights: String,
+    /// The instruction-set level the CPU kernels ran at (`kernels::cpu`).
+    pub cpu_level: String,
     pub threads: usize,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
@@ -130,6 +132,7 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport> {
         } else {
             opts.load.weights.to_string()
         },
+        cpu_level: kernels::level().to_string(),
         threads: rayon::current_num_threads(),
         prompt_tokens: opts.prompt_tokens,
         gen_tokens: opts.gen_tokens,

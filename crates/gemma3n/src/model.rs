@@ -238,6 +238,16 @@ impl Gemma3nModel {
         &self.text
     }
 
+    /// Where the model computes, for people to read: the device, and on the CPU the level of
+    /// its kernels.
+    pub fn compute_description(&self) -> String {
+        match self.device() {
+            Device::Cpu => format!("CPU, {} kernels", kernels::level()),
+            Device::Cuda(_) => "CUDA GPU".to_string(),
+            Device::Metal(_) => "Metal GPU".to_string(),
+        }
+    }
+
     pub fn device(&self) -> &Device {
         self.text.device()
     }

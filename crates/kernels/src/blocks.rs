@@ -75,6 +75,25 @@ impl Q4K {
     }
 }
 
+impl Q4K {
+    /// All eight scales and mins at once, with word-wide masks and shifts: the same values as
+    /// [`Q4K::scale_min`].
+    #[inline(always)]
+    pub fn scales_mins(&self) -> ([u8; 8], [u8; 8]) {
+        const LOW6: u32 = 0x3f3f_3f3f;
+        const LOW4: u32 = 0x0f0f_0f0f;
+        const TOP2: u32 = 0x0303_0303;
+        let word = |i: usize| u32::from_le_bytes(self.scales[4 * i..4 * i + 4].try_into().unwrap());
+        let (w0, w1, w2) = (word(0), word(1), word(2));
+        // Sub-blocks 4–7 take their low four bits from bytes 8–11 and their top two from the
+        // top bits of bytes 0–3 (scales) or 4–7 (mins).
+        let scales_hi = (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4);
+        let mins_hi = ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4);
+        let join = |lo: u32, hi: u32| (lo as u64 | (hi as u64) << 32).to_le_bytes();
+        (join(w0 & LOW6, scales_hi), join(w1 & LOW6, mins_hi))
+    }
+}
+
 /// A block type read through another of identical layout.
 ///
 /// # Safety

@@ -306,6 +306,21 @@ mod avx2 {
         hsum_ps(_mm256_add_ps(acc[0], acc[1]))
     }
 
+    /// The block's `d` and `dmin` (or any two adjacent f16s) as f32s.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_pair(first: f16, second: f16) -> (f32, f32) {
+        let both = _mm_cvtph_ps(_mm_cvtsi32_si128(
+            first.to_bits() as i32 | ((second.to_bits() as i32) << 16),
+        ));
+        (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum_epi32_128(v: __m128i) -> i32 {
+        let s = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)))
+    }
+
     /// # Safety
     /// As [`q8_0`].
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -313,11 +328,18 @@ mod avx2 {
         let nibble = _mm256_set1_epi8(0xF);
         let mut acc = 0f32;
         for (w, x) in w.iter().zip(x) {
+            let (scales, mins) = w.scales_mins();
+            // Σ_j m_j · (sum of sub-block j's activations): the bsums summed in pairs.
+            // SAFETY: 16 i16 sums.
+            let bsums = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
+            let sub_sums = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bsums),
+                _mm256_extracti128_si256::<1>(bsums),
+            );
+            let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64));
+            let summ = hsum_epi32_128(_mm_madd_epi16(sub_sums, mins));
             let mut sumi = _mm256_setzero_si256();
-            let mut summ = 0i32;
             for pair in 0..4 {
-                let (sc_lo, m_lo) = w.scale_min(2 * pair);
-                let (sc_hi, m_hi) = w.scale_min(2 * pair + 1);
                 // SAFETY: 32 bytes of quants per pair, 64 activations.
                 let (q, y_lo, y_hi) = unsafe {
                     (
@@ -330,18 +352,17 @@ mod avx2 {
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
                 let lo = _mm256_madd_epi16(
                     _mm256_maddubs_epi16(lo, y_lo),
-                    _mm256_set1_epi16(sc_lo as i16),
+                    _mm256_set1_epi16(scales[2 * pair] as i16),
                 );
                 let hi = _mm256_madd_epi16(
                     _mm256_maddubs_epi16(hi, y_hi),
-                    _mm256_set1_epi16(sc_hi as i16),
+                    _mm256_set1_epi16(scales[2 * pair + 1] as i16),
                 );
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo, hi));
-                let bsum = |j: usize| x.bsums[2 * j] as i32 + x.bsums[2 * j + 1] as i32;
-                summ += m_lo as i32 * bsum(2 * pair) + m_hi as i32 * bsum(2 * pair + 1);
             }
             let sumi = hsum_epi32(sumi);
-            acc += x.d * w.d.to_f32() * sumi as f32 - x.d * w.dmin.to_f32() * summ as f32;
+            let (d, dmin) = f16_pair(w.d, w.dmin);
+            acc += x.d * d * sumi as f32 - x.d * dmin * summ as f32;
         }
         acc
     }
@@ -395,14 +416,17 @@ mod avx2 {
                 }
             }
             // The quants are stored offset by 32: Σ sc·(q − 32)·y = Σ sc·q·y − 32·Σ sc·bsum.
-            let offset: i32 = w
-                .scales
-                .iter()
-                .zip(&x.bsums)
-                .map(|(&s, &b)| s as i32 * b as i32)
-                .sum();
-            let sumi = hsum_epi32(sumi) - 32 * offset;
-            acc += x.d * w.d.to_f32() * sumi as f32;
+            // SAFETY: 16 i16 sums and 16 i8 scales.
+            let (bsums, scales) = unsafe {
+                (
+                    _mm256_loadu_si256(x.bsums.as_ptr().cast()),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(w.scales.as_ptr().cast())),
+                )
+            };
+            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, scales));
+            let sumi = hsum_epi32(_mm256_sub_epi32(sumi, offset));
+            let (d, _) = f16_pair(w.d, f16::ZERO);
+            acc += x.d * d * sumi as f32;
         }
         acc
     }
@@ -586,6 +610,16 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn q4k_scales_unpack_alike_both_ways() {
+        for b in random_blocks(200, 41, |_: &mut Q4K, _| {}) {
+            let (scales, mins) = b.scales_mins();
+            for j in 0..8 {
+                assert_eq!(b.scale_min(j), (scales[j], mins[j]), "{:?}", b.scales);
+            }
+        }
     }
 
     #[test]

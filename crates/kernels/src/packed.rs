@@ -42,7 +42,7 @@ pub enum WeightFormat {
 }
 
 impl FromStr for WeightFormat {
-    type Err = String;
+    type Err = UnknownWeightFormat;
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
@@ -51,12 +51,26 @@ impl FromStr for WeightFormat {
             "q8_0" | "q8" => Ok(Self::Q8_0),
             "q4k" | "q4_k" | "q4_k_m" => Ok(Self::Q4K),
             "q4_0" => Ok(Self::Q4_0),
-            other => Err(format!(
-                "unknown weight format {other:?}; expected one of f32, bf16, q8_0, q4k, q4_0"
-            )),
+            _ => Err(UnknownWeightFormat(s.to_string())),
         }
     }
 }
+
+/// A weight format name that [`WeightFormat`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownWeightFormat(pub String);
+
+impl fmt::Display for UnknownWeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown weight format {:?}; expected one of f32, bf16, q8_0, q4k, q4_0",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownWeightFormat {}
 
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -826,5 +840,32 @@ mod tests {
         assert_eq!("q8_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q8_0);
         let err = "q3".parse::<WeightFormat>().unwrap_err().to_string();
         assert!(err.contains("q3") && err.contains("q8_0"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod speed_probe {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn probe() {
+        let (rows, cols, m) = (8192, 2048, 128);
+        let w = crate::quantise::normal(rows * cols, 1);
+        let row = |r: usize, buf: &mut [f32]| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]);
+        let x = crate::quantise::normal(m * cols, 2);
+        for fmt in [WeightFormat::Q4K, WeightFormat::Q8_0] {
+            macro_rules! run { ($t:ty) => {{
+                let p = Packed::<$t>::new(rows, cols, &row);
+                for _ in 0..2 {
+                    let t = Instant::now(); let a = p.matmul_gemm(&x, m); let g = t.elapsed();
+                    let t = Instant::now(); let b = <$t as Kernel>::matmul_dot(&p, &x, m); let d = t.elapsed();
+                    let t = Instant::now(); let _ = <$t as Kernel>::matmul_dot(&p, &x[..cols], 1); let one = t.elapsed();
+                    eprintln!("{fmt}: gemm {:?} ({:.1} GFLOP/s) dot {:?} ({:.1}) m=1 {:?} diff {}", g, 2.0*(rows*cols*m) as f64/g.as_secs_f64()/1e9, d, 2.0*(rows*cols*m) as f64/d.as_secs_f64()/1e9, one, (a[5]-b[5]).abs());
+                }
+            }}}
+            match fmt { WeightFormat::Q4K => run!(BlockQ4K), _ => run!(BlockQ8_0) }
+        }
     }
 }
