@@ -567,20 +567,24 @@ where
     let mut out = vec![0f32; n];
     out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
         let stripe = o.len().div_ceil(STREAMS);
-        let row = |local: usize| &blocks[(c * chunk + local) * per_row..][..per_row];
+        let base = &blocks[c * chunk * per_row..][..o.len() * per_row];
         for j in 0..stripe {
             // Stream `s` reads local row `s · stripe + j`; the last stripe may be short.
-            let live = (0..STREAMS)
-                .take_while(|s| s * stripe + j < o.len())
-                .count();
+            let live = (o.len() - j).div_ceil(stripe).min(STREAMS);
+            let rows: [&[T]; STREAMS] = std::array::from_fn(|s| {
+                let r = (s * stripe + j).min(o.len() - 1);
+                &base[r * per_row..][..per_row]
+            });
             let mut acc = [0f32; STREAMS];
-            for first in (0..per_row).step_by(segment) {
+            let mut first = 0;
+            while first < per_row {
                 let end = (first + segment).min(per_row);
-                for (s, a) in acc[..live].iter_mut().enumerate() {
-                    let w = &row(s * stripe + j)[first..end];
+                for (a, row) in acc[..live].iter_mut().zip(&rows) {
+                    let w = &row[first..end];
                     prefetch(w.as_ptr().cast(), PREFETCH_BYTES, size_of_val(w));
                     *a += dot(w, first);
                 }
+                first = end;
             }
             for (s, a) in acc[..live].iter().enumerate() {
                 o[s * stripe + j] = *a;
@@ -610,10 +614,14 @@ fn widen_prefetched<T: Kernel>(blocks: &[T], out: &mut [f32]) {
 #[inline(always)]
 fn prefetch(at: *const u8, ahead: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in (0..len).step_by(64) {
-        let p = at.wrapping_add(ahead + line).cast::<i8>();
-        // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever `p` is.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
+    {
+        let mut line = 0;
+        while line < len {
+            let p = at.wrapping_add(ahead + line).cast::<i8>();
+            // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever `p` is.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
+            line += 64;
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (at, ahead, len);
