@@ -95,6 +95,23 @@ pub fn q4k(w: &[Q4K], x: &[Q8K]) -> f32 {
     scalar::q4k(w, x)
 }
 
+/// Activation rows per call of the prefill micro-kernels.
+pub const ROWS: usize = 4;
+
+/// One Q4_K weight row against [`ROWS`] activation rows at once, each weight block unpacked once
+/// for all of them: the prefill micro-kernel.  `None` below AVX2, where the f32 matrix product
+/// is the faster prefill.  Equal to [`q4k`] per row up to float rounding (the block terms are
+/// summed in vector lanes).
+pub fn q4k_rows(w: &[Q4K], x: [&[Q8K]; ROWS]) -> Option<[f32; ROWS]> {
+    debug_assert!(x.iter().all(|x| x.len() == w.len()));
+    #[cfg(target_arch = "x86_64")]
+    if cpu::level() >= Level::Avx2 {
+        // SAFETY: as in `q8_0`.
+        return Some(unsafe { avx2::q4k_rows(w, x) });
+    }
+    None
+}
+
 /// `Σ w·x` over Q6_K weight blocks and Q8_K activation blocks.
 pub fn q6k(w: &[Q6K], x: &[Q8K]) -> f32 {
     debug_assert_eq!(w.len(), x.len());
@@ -367,6 +384,65 @@ mod avx2 {
         acc
     }
 
+    /// # Safety
+    /// As [`q8_0`]; every row of `x` as long as `w`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4k_rows<const R: usize>(w: &[Q4K], x: [&[Q8K]; R]) -> [f32; R] {
+        let nibble = _mm256_set1_epi8(0xF);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc_min = [_mm_setzero_ps(); R];
+        for (b, w) in w.iter().enumerate() {
+            let (scales, mins) = w.scales_mins();
+            let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64));
+            let (d, dmin) = f16_pair(w.d, w.dmin);
+            let mut sumi = [_mm256_setzero_si256(); R];
+            for pair in 0..4 {
+                // SAFETY: 32 bytes of quants per pair.
+                let q = unsafe { load(w.qs.as_ptr().add(32 * pair).cast()) };
+                let lo = _mm256_and_si256(q, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
+                let sc_lo = _mm256_set1_epi16(scales[2 * pair] as i16);
+                let sc_hi = _mm256_set1_epi16(scales[2 * pair + 1] as i16);
+                for (sumi, x) in sumi.iter_mut().zip(&x) {
+                    // SAFETY: `x` has a block `b` of 256 activations.
+                    let (y_lo, y_hi) = unsafe {
+                        let y = x.get_unchecked(b).qs.as_ptr().add(64 * pair);
+                        (load(y), load(y.add(32)))
+                    };
+                    let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y_lo), sc_lo);
+                    let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y_hi), sc_hi);
+                    *sumi = _mm256_add_epi32(*sumi, _mm256_add_epi32(lo, hi));
+                }
+            }
+            for r in 0..R {
+                // SAFETY: as above.
+                let x = unsafe { x[r].get_unchecked(b) };
+                acc[r] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(x.d * d),
+                    _mm256_cvtepi32_ps(sumi[r]),
+                    acc[r],
+                );
+                // SAFETY: 16 i16 sums.
+                let bsums = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
+                let sub_sums = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bsums),
+                    _mm256_extracti128_si256::<1>(bsums),
+                );
+                acc_min[r] = _mm_fmadd_ps(
+                    _mm_set1_ps(x.d * dmin),
+                    _mm_cvtepi32_ps(_mm_madd_epi16(sub_sums, mins)),
+                    acc_min[r],
+                );
+            }
+        }
+        std::array::from_fn(|r| {
+            let m = acc_min[r];
+            let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            hsum_ps(acc[r]) - _mm_cvtss_f32(m)
+        })
+    }
+
     /// Bits `SHIFT` and `SHIFT + 1` of each byte of `qh`, moved to bits 4 and 5.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn high_bits<const SHIFT: i32>(qh: __m256i) -> __m256i {
@@ -607,6 +683,30 @@ mod tests {
                     let what = format!("{name} at {level}, {n} blocks");
                     assert_eq!(got.to_bits(), want.to_bits(), "{what}: {got} vs {want}");
                     close(want, candle, want.abs().max(candle.abs()), &what);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn q4k_row_kernel_matches_one_row_at_a_time() {
+        at_every_level(|level| {
+            for n in COUNTS {
+                let w = random_blocks(n, 51 + n as u64, |b: &mut Q4K, i| {
+                    b.d = scale_of(i);
+                    b.dmin = scale_of(i + 2);
+                });
+                let xs: Vec<Vec<Q8K>> = (0..ROWS).map(|r| random_q8k(n, 60 + r as u64)).collect();
+                let rows: [&[Q8K]; ROWS] = std::array::from_fn(|r| xs[r].as_slice());
+                let Some(got) = q4k_rows(&w, rows) else {
+                    assert!(level < Level::Avx2, "no row kernel at {level}");
+                    continue;
+                };
+                for (r, x) in xs.iter().enumerate() {
+                    let want = scalar::q4k(&w, x);
+                    // Block terms, for the rounding bound of the lane-wise sums.
+                    let scale: f32 = (0..n).map(|b| scalar::q4k(&w[b..b + 1], &x[b..b + 1]).abs()).sum();
+                    close(got[r], want, scale, &format!("q4k row {r} at {level}, {n} blocks"));
                 }
             }
         });

@@ -375,6 +375,12 @@ trait Kernel: GgmlType + 'static {
         Self::to_float(blocks, out)
     }
 
+    /// The many-rows (prefill) product on an integer micro-kernel, where this block type and
+    /// level have one; `None` sends it to the widened f32 product.
+    fn matmul_rows(_: &Packed<Self>, _: &[f32], _: usize) -> Option<Vec<f32>> {
+        None
+    }
+
     /// Row-by-row dot products with the activations in the kernel's companion format (q8 blocks
     /// for quantised weights).
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
@@ -411,6 +417,26 @@ impl Kernel for BlockQ4K {
 
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
         matmul_quantised(p, x, m, blocks::Q8K::ZERO, dot::quantise_q8k, dot::q4k)
+    }
+
+    fn matmul_rows(p: &Packed<Self>, x: &[f32], m: usize) -> Option<Vec<f32>> {
+        let probe: [&[blocks::Q8K]; dot::ROWS] = [&[]; dot::ROWS];
+        dot::q4k_rows(&[], probe)?;
+        let per_row = p.cols / Self::BLCK_SIZE;
+        let xq = quantised(x, p.cols, per_row, blocks::Q8K::ZERO, dot::quantise_q8k);
+        let blocks = p.blocks.as_slice();
+        let act = |i: usize| &xq[i * per_row..][..per_row];
+        Some(tiled_groups(m, p.rows, |i0, r, out| {
+            let w = blocks::view(&blocks[r * per_row..][..per_row]);
+            if out.len() == dot::ROWS {
+                let rows = std::array::from_fn(|g| act(i0 + g));
+                out.copy_from_slice(&dot::q4k_rows(w, rows).expect("checked above"));
+            } else {
+                for (g, o) in out.iter_mut().enumerate() {
+                    *o = dot::q4k(w, act(i0 + g));
+                }
+            }
+        }))
     }
 }
 impl Kernel for BlockQ6K {
@@ -478,15 +504,26 @@ where
     T: Kernel + SameLayout<W>,
     A: Copy + Send + Sync,
 {
-    let k = p.cols;
-    let per_row = k / T::BLCK_SIZE;
-    let mut xq = vec![zero; m * per_row];
-    xq.par_chunks_mut(per_row)
-        .zip(x.par_chunks(k))
-        .for_each(|(dst, src)| quantise(src, dst));
+    let per_row = p.cols / T::BLCK_SIZE;
+    let xq = quantised(x, p.cols, per_row, zero, quantise);
     dot_rows(p, m, |w, first, i| {
         dot(blocks::view(w), &xq[i * per_row + first..][..w.len()])
     })
+}
+
+/// Rows of `k` activations, each quantised to `per_row` blocks `A`, in parallel.
+fn quantised<A: Copy + Send + Sync>(
+    x: &[f32],
+    k: usize,
+    per_row: usize,
+    zero: A,
+    quantise: fn(&[f32], &mut [A]),
+) -> Vec<A> {
+    let mut xq = vec![zero; x.len() / k * per_row];
+    xq.par_chunks_mut(per_row)
+        .zip(x.par_chunks(k))
+        .for_each(|(dst, src)| quantise(src, dst));
+    xq
 }
 
 /// `out[i, r]` for `m` activation rows, from `dot(w, first, i)`: the dot product of the weight
@@ -516,7 +553,11 @@ const TILE_FLOATS: usize = 1 << 18;
 impl<T: Kernel> PackedMatmul for Packed<T> {
     fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         if m >= GEMM_MIN_ROWS {
-            self.matmul_gemm(x, m)
+            let on_tiles = self.cols >= amx::MIN_DIM && amx::available();
+            match (!on_tiles).then(|| T::matmul_rows(self, x, m)).flatten() {
+                Some(out) => out,
+                None => self.matmul_gemm(x, m),
+            }
         } else {
             T::matmul_dot(self, x, m)
         }
@@ -653,6 +694,34 @@ fn tiled<F: Fn(usize, usize) -> f32 + Sync>(m: usize, n: usize, dot: F) -> Vec<f
                     let r = c * chunk + j;
                     for i in i0..i1 {
                         o[j * m + i] = dot(i, r);
+                    }
+                }
+            }
+        });
+    transpose(&out_t, n, m)
+}
+
+/// `out[i, r]` for `i < m`, `r < n`, where `group(i0, r, out)` fills `out[g]` with the value
+/// for activation row `i0 + g` (up to [`dot::ROWS`] rows at a time): [`tiled`] for the
+/// micro-kernels that take several activation rows per weight row.
+fn tiled_groups<F>(m: usize, n: usize, group: F) -> Vec<f32>
+where
+    F: Fn(usize, usize, &mut [f32]) + Sync,
+{
+    let chunk = chunk_rows(n);
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(chunk * m)
+        .enumerate()
+        .for_each(|(c, o)| {
+            let cols = o.len() / m;
+            for i0 in (0..m).step_by(ROW_BLOCK) {
+                let i1 = (i0 + ROW_BLOCK).min(m);
+                for j in 0..cols {
+                    let r = c * chunk + j;
+                    for g in (i0..i1).step_by(dot::ROWS) {
+                        let end = (g + dot::ROWS).min(i1);
+                        group(g, r, &mut o[j * m + g..j * m + end]);
                     }
                 }
             }
@@ -868,7 +937,7 @@ mod speed_probe {
                 let p = Packed::<$t>::new(rows, cols, &row);
                 for _ in 0..2 {
                     let t = Instant::now(); let a = p.matmul_gemm(&x, m); let g = t.elapsed();
-                    let t = Instant::now(); let b = <$t as Kernel>::matmul_dot(&p, &x, m); let d = t.elapsed();
+                    let t = Instant::now(); let b = <$t as Kernel>::matmul_rows(&p, &x, m).unwrap_or_else(|| <$t as Kernel>::matmul_dot(&p, &x, m)); let d = t.elapsed();
                     let t = Instant::now(); let _ = <$t as Kernel>::matmul_dot(&p, &x[..cols], 1); let one = t.elapsed();
                     eprintln!("{fmt}: gemm {:?} ({:.1} GFLOP/s) dot {:?} ({:.1}) m=1 {:?} diff {}", g, 2.0*(rows*cols*m) as f64/g.as_secs_f64()/1e9, d, 2.0*(rows*cols*m) as f64/d.as_secs_f64()/1e9, one, (a[5]-b[5]).abs());
                 }
