@@ -4,7 +4,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use kernels::activation::{gelu_tanh, tanh};
+use kernels::activation;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`, with the weight used as
 /// stored (Gemma 3n has no `1 + w` offset).  Always computed in f32, result in the input dtype.
@@ -39,7 +39,21 @@ impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?.to_dtype(dtype)
+        if !x.device().is_cpu() {
+            return candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?.to_dtype(dtype);
+        }
+        let weight = self.weight.to_vec1::<f32>()?;
+        let dim = weight.len();
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        if dim == 0 || values.len() % dim != 0 {
+            candle_core::bail!("rms norm of width {dim} over {:?}", x.shape());
+        }
+        let mut out = vec![0f32; values.len()];
+        let rows = (ELEMENTWISE_CHUNK / dim).max(1) * dim;
+        out.par_chunks_mut(rows)
+            .zip(values.par_chunks(rows))
+            .for_each(|(o, v)| activation::rms_norm(v, &weight, self.eps as f32, o));
+        Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(dtype)
     }
 }
 
@@ -70,10 +84,9 @@ pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     if !f32_on_cpu(x) {
         return (x / cap)?.tanh()? * cap;
     }
-    let cap = cap as f32;
     let mut out = x.flatten_all()?.to_vec1::<f32>()?;
     out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .for_each(|o| o.iter_mut().for_each(|v| *v = cap * tanh(*v / cap)));
+        .for_each(|o| activation::softcap(o, cap as f32));
     Tensor::from_vec(out, x.shape(), x.device())
 }
 
@@ -96,10 +109,6 @@ pub fn gelu_mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     let y = y.flatten_all()?.to_vec1::<f32>()?;
     out.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(y.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(o, y)| {
-            o.iter_mut()
-                .zip(y)
-                .for_each(|(o, y)| *o = gelu_tanh(*o) * y)
-        });
+        .for_each(|(o, y)| activation::gelu_mul(o, y));
     Tensor::from_vec(out, x.shape(), x.device())
 }

@@ -417,11 +417,8 @@ mod avx2 {
             for r in 0..R {
                 // SAFETY: as above.
                 let x = unsafe { x[r].get_unchecked(b) };
-                acc[r] = _mm256_fmadd_ps(
-                    _mm256_set1_ps(x.d * d),
-                    _mm256_cvtepi32_ps(sumi[r]),
-                    acc[r],
-                );
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
                 // SAFETY: 16 i16 sums.
                 let bsums = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
                 let sub_sums = _mm_hadd_epi16(
@@ -705,8 +702,15 @@ mod tests {
                 for (r, x) in xs.iter().enumerate() {
                     let want = scalar::q4k(&w, x);
                     // Block terms, for the rounding bound of the lane-wise sums.
-                    let scale: f32 = (0..n).map(|b| scalar::q4k(&w[b..b + 1], &x[b..b + 1]).abs()).sum();
-                    close(got[r], want, scale, &format!("q4k row {r} at {level}, {n} blocks"));
+                    let scale: f32 = (0..n)
+                        .map(|b| scalar::q4k(&w[b..b + 1], &x[b..b + 1]).abs())
+                        .sum();
+                    close(
+                        got[r],
+                        want,
+                        scale,
+                        &format!("q4k row {r} at {level}, {n} blocks"),
+                    );
                 }
             }
         });
@@ -818,23 +822,55 @@ mod speed_probe2 {
     fn probe_dot() {
         let n = 64;
         let x = tests_support::q8k(n);
-        let w4: Vec<Q4K> = (0..n).map(|i| { let mut b = Q4K { d: f16::from_f32(0.01), dmin: f16::from_f32(0.02), scales: [i as u8; 12], qs: [i as u8 ^ 0x5a; 128] }; b.scales[3] = 7; b }).collect();
-        let w6: Vec<Q6K> = (0..n).map(|i| Q6K { ql: [i as u8; 128], qh: [0x1b; 64], scales: [3; 16], d: f16::from_f32(0.01) }).collect();
+        let w4: Vec<Q4K> = (0..n)
+            .map(|i| {
+                let mut b = Q4K {
+                    d: f16::from_f32(0.01),
+                    dmin: f16::from_f32(0.02),
+                    scales: [i as u8; 12],
+                    qs: [i as u8 ^ 0x5a; 128],
+                };
+                b.scales[3] = 7;
+                b
+            })
+            .collect();
+        let w6: Vec<Q6K> = (0..n)
+            .map(|i| Q6K {
+                ql: [i as u8; 128],
+                qh: [0x1b; 64],
+                scales: [3; 16],
+                d: f16::from_f32(0.01),
+            })
+            .collect();
         let reps = 200_000;
         let t = std::time::Instant::now();
         let mut s = 0.0;
-        for _ in 0..reps { s += q4k(std::hint::black_box(&w4), &x); }
+        for _ in 0..reps {
+            s += q4k(std::hint::black_box(&w4), &x);
+        }
         let e = t.elapsed().as_secs_f64();
-        eprintln!("q4k: {:.1} ns/block, {:.1} GB/s ({s})", e / (reps * n) as f64 * 1e9, (reps * n * 144) as f64 / e / 1e9);
+        eprintln!(
+            "q4k: {:.1} ns/block, {:.1} GB/s ({s})",
+            e / (reps * n) as f64 * 1e9,
+            (reps * n * 144) as f64 / e / 1e9
+        );
         let t = std::time::Instant::now();
-        for _ in 0..reps { s += q6k(std::hint::black_box(&w6), &x); }
+        for _ in 0..reps {
+            s += q6k(std::hint::black_box(&w6), &x);
+        }
         let e = t.elapsed().as_secs_f64();
-        eprintln!("q6k: {:.1} ns/block, {:.1} GB/s ({s})", e / (reps * n) as f64 * 1e9, (reps * n * 210) as f64 / e / 1e9);
+        eprintln!(
+            "q6k: {:.1} ns/block, {:.1} GB/s ({s})",
+            e / (reps * n) as f64 * 1e9,
+            (reps * n * 210) as f64 / e / 1e9
+        );
     }
     mod tests_support {
         use super::super::*;
         pub fn q8k(n: usize) -> Vec<Q8K> {
-            let v: Vec<f32> = (0..n * 256).map(|i| ((i * 7919) % 255) as f32 - 127.0).collect();
+            let v: Vec<f32> = (0..n * 256)
+                .map(|i| ((i * 7919) % 255) as f32 - 127.0)
+                .collect();
             let mut out = vec![Q8K::ZERO; n];
             quantise_q8k(&v, &mut out);
             out

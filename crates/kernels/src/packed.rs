@@ -933,16 +933,36 @@ mod speed_probe {
         let row = |r: usize, buf: &mut [f32]| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]);
         let x = crate::quantise::normal(m * cols, 2);
         for fmt in [WeightFormat::Q4K, WeightFormat::Q8_0] {
-            macro_rules! run { ($t:ty) => {{
-                let p = Packed::<$t>::new(rows, cols, &row);
-                for _ in 0..2 {
-                    let t = Instant::now(); let a = p.matmul_gemm(&x, m); let g = t.elapsed();
-                    let t = Instant::now(); let b = <$t as Kernel>::matmul_rows(&p, &x, m).unwrap_or_else(|| <$t as Kernel>::matmul_dot(&p, &x, m)); let d = t.elapsed();
-                    let t = Instant::now(); let _ = <$t as Kernel>::matmul_dot(&p, &x[..cols], 1); let one = t.elapsed();
-                    eprintln!("{fmt}: gemm {:?} ({:.1} GFLOP/s) dot {:?} ({:.1}) m=1 {:?} diff {}", g, 2.0*(rows*cols*m) as f64/g.as_secs_f64()/1e9, d, 2.0*(rows*cols*m) as f64/d.as_secs_f64()/1e9, one, (a[5]-b[5]).abs());
-                }
-            }}}
-            match fmt { WeightFormat::Q4K => run!(BlockQ4K), _ => run!(BlockQ8_0) }
+            macro_rules! run {
+                ($t:ty) => {{
+                    let p = Packed::<$t>::new(rows, cols, &row);
+                    for _ in 0..2 {
+                        let t = Instant::now();
+                        let a = p.matmul_gemm(&x, m);
+                        let g = t.elapsed();
+                        let t = Instant::now();
+                        let b = <$t as Kernel>::matmul_rows(&p, &x, m)
+                            .unwrap_or_else(|| <$t as Kernel>::matmul_dot(&p, &x, m));
+                        let d = t.elapsed();
+                        let t = Instant::now();
+                        let _ = <$t as Kernel>::matmul_dot(&p, &x[..cols], 1);
+                        let one = t.elapsed();
+                        eprintln!(
+                            "{fmt}: gemm {:?} ({:.1} GFLOP/s) dot {:?} ({:.1}) m=1 {:?} diff {}",
+                            g,
+                            2.0 * (rows * cols * m) as f64 / g.as_secs_f64() / 1e9,
+                            d,
+                            2.0 * (rows * cols * m) as f64 / d.as_secs_f64() / 1e9,
+                            one,
+                            (a[5] - b[5]).abs()
+                        );
+                    }
+                }};
+            }
+            match fmt {
+                WeightFormat::Q4K => run!(BlockQ4K),
+                _ => run!(BlockQ8_0),
+            }
         }
     }
 }

@@ -31,6 +31,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ6K>() == Q6K_BYTES);
 
 /// The bytes of a slice of ggml blocks (`repr(C)` structs of integers and f16s, no padding: the
 /// size assertions above pin each layout).
+#[inline(always)]
 fn block_bytes<T: GgmlType>(blocks: &mut [T]) -> &mut [u8] {
     // SAFETY: every byte pattern is a valid block, and the slice covers exactly the blocks.
     unsafe {
@@ -41,6 +42,7 @@ fn block_bytes<T: GgmlType>(blocks: &mut [T]) -> &mut [u8] {
     }
 }
 
+#[inline(always)]
 pub(crate) fn inverse(d: f32) -> f32 {
     if d > 0.0 {
         1.0 / d
@@ -52,6 +54,7 @@ pub(crate) fn inverse(d: f32) -> f32 {
 /// Round to nearest (ties to even) for |v| < 2²², by adding 1.5·2²³ so the integer lands in the
 /// mantissa bits: plain float and integer arithmetic that vectorises, where the saturating
 /// float-to-int casts do not.  Callers' values are bounded by their scales.
+#[inline(always)]
 pub(crate) fn nearest(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
@@ -59,6 +62,7 @@ pub(crate) fn nearest(v: f32) -> i32 {
 
 /// Largest magnitude of a block.  Non-negative floats order like their bit patterns, and an
 /// integer maximum vectorises where a float one (NaN rules) does not.
+#[inline(always)]
 pub(crate) fn max_abs(xs: &[f32]) -> f32 {
     f32::from_bits(
         xs.iter()
@@ -70,11 +74,13 @@ pub(crate) fn max_abs(xs: &[f32]) -> f32 {
 
 /// An integer that orders like the float `v` (negative floats have their magnitude bits flipped),
 /// so block minima and maxima are integer reductions, which vectorise.
+#[inline(always)]
 fn to_ordered(v: f32) -> i32 {
     let b = v.to_bits() as i32;
     b ^ ((b >> 31) & 0x7fff_ffff)
 }
 
+#[inline(always)]
 fn from_ordered(o: i32) -> f32 {
     f32::from_bits((o ^ ((o >> 31) & 0x7fff_ffff)) as u32)
 }
@@ -87,9 +93,15 @@ impl Quantise for BlockQ8_0 {
 }
 
 impl Quantise for BlockQ4K {
+    fn quantise(src: &[f32], dst: &mut [Self]) {
+        quantise_q4k(src, dst)
+    }
+}
+
+multiversion! {
     /// 256 values in 8 sub-blocks of 32, each `x ≈ d·sc·q − dmin·m` with 4-bit `q` and 6-bit
     /// `sc`, `m`; the sub-block range [min(x, 0), max(x)] sets `sc` and `m`.
-    fn quantise(src: &[f32], dst: &mut [Self]) {
+    fn quantise_q4k(src: &[f32], dst: &mut [BlockQ4K]) {
         for (x, out) in src
             .chunks_exact(256)
             .zip(block_bytes(dst).chunks_exact_mut(Q4K_BYTES))
@@ -158,9 +170,15 @@ multiversion! {
 }
 
 impl Quantise for BlockQ6K {
+    fn quantise(src: &[f32], dst: &mut [Self]) {
+        quantise_q6k(src, dst)
+    }
+}
+
+multiversion! {
     /// 256 values in 16 sub-blocks of 16, each `x ≈ d·sc·(q − 32)` with 6-bit `q` and an 8-bit
     /// signed `sc` set by the sub-block's largest magnitude.
-    fn quantise(src: &[f32], dst: &mut [Self]) {
+    fn quantise_q6k(src: &[f32], dst: &mut [BlockQ6K]) {
         for (x, out) in src
             .chunks_exact(256)
             .zip(block_bytes(dst).chunks_exact_mut(Q6K_BYTES))

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use ::kernels::activation::gelu_tanh;
+use ::kernels::activation::{gelu_tanh, sum_of_squares};
 
 /// Geometry of a 2-D convolution window over an NHWC input.
 #[derive(Debug, Clone, Copy)]
@@ -187,20 +187,4 @@ impl CustomOp2 for RmsNormAct {
             });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
-}
-
-/// Σx² with independent partial sums, so that the loop vectorises (a single running sum must
-/// keep its order and stays scalar).
-#[inline(always)]
-fn sum_of_squares(x: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for chunk in chunks {
-        for (a, v) in acc.iter_mut().zip(chunk) {
-            *a += v * v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
