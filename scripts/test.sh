@@ -15,6 +15,9 @@ cargo fmt --all -- --check
 scripts/test-desktop.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The model's parity tests again with the CPU kernels held to the baseline level (the run above
+# used the best level this CPU has; the kernels' own tests cover every level in between).
+GEMMA_CHAT_CPU=baseline cargo test --locked -p kernels -p gemma3n
 # The API server against the real `openai` Python client and curl (its own small venv).
 tests/openai/run.sh
 # Every fuzz target over its committed seeds (nightly, cargo-fuzz): the same inputs every run.

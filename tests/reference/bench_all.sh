@@ -3,12 +3,13 @@
 # 2 threads, one big process at a time.  Needs (outside the repo, never committed):
 #   $FULL/E2B            tests/reference/make_full_size.py --variant E2B --out $FULL
 #   $FULL/e2b-*.gguf     convert_hf_to_gguf.py (bf16) + llama-quantize Q8_0 / Q4_K_M
-#   $LLAMA/build/bin     llama-bench built from the llama-cpp-python sdist (see the doc)
-#   target/release/examples/bench   RUSTFLAGS="-C target-cpu=native" cargo build --release \
-#                                   -p gemma3n --example bench
+#   $LLAMA/$LLAMA_BUILD/bin   llama-bench built from the llama-cpp-python sdist (see the doc)
+#   target/release/examples/bench   cargo build --release -p gemma3n --example bench (portable:
+#                                   no RUSTFLAGS; GEMMA_CHAT_CPU picks the kernels' level)
 set -euo pipefail
 FULL=${FULL:-/work/fullsize}
 LLAMA=${LLAMA:-/work/llama/llama_cpp_python-0.3.36/vendor/llama.cpp}
+LLAMA_BUILD=${LLAMA_BUILD:-build}
 PY=${PY:-/work/venv-ref/bin/python}
 PP=${PP:-128}
 TG=${TG:-64}
@@ -28,7 +29,7 @@ for fmt in $FORMATS; do
     --prompt-tokens "$PP" --gen-tokens "$TG" > "$OUT/ours-$ours.txt" 2>&1
   extra=()
   [ "$gguf" != BF16 ] && extra=(--repack 0)   # llama.cpp's AMX path crashes on quantised Gemma 3n
-  peak "$LLAMA/build/bin/llama-bench" -m "$FULL/e2b-${gguf,,}.gguf" -t 2 -p "$PP" -n "$TG" -r 1 \
+  peak "$LLAMA/$LLAMA_BUILD/bin/llama-bench" -m "$FULL/e2b-${gguf,,}.gguf" -t 2 -p "$PP" -n "$TG" -r 1 \
     "${extra[@]}" -o json > "$OUT/llama-$ours.txt" 2>&1
 done
 [ "$TORCH" = 1 ] && peak "$PY" tests/reference/bench_torch.py "$FULL/E2B" --threads 2 \

@@ -179,6 +179,20 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// Runs `check` at every level this CPU supports, one level at a time (tests that switch levels
+/// take turns).
+#[cfg(test)]
+pub(crate) fn at_every_level(check: impl Fn(Level)) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let before = level();
+    for l in Level::supported() {
+        set_level(l).unwrap();
+        check(l);
+    }
+    set_level(before).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

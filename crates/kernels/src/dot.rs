@@ -323,6 +323,39 @@ mod avx2 {
         hsum_ps(_mm256_add_ps(acc[0], acc[1]))
     }
 
+    /// The eight 6-bit scales of a Q4_K block as i16s in both 128-bit halves, for
+    /// [`scale_lanes`] to broadcast one at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn scales_i16(scales: [u8; 8]) -> __m256i {
+        let sc = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(scales) as i64));
+        _mm256_broadcastsi128_si256(sc)
+    }
+
+    /// Scale `J` of [`scales_i16`] in every i16 lane: one byte shuffle instead of a scalar
+    /// broadcast.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn scale_lanes<const J: i8>(scales: __m256i) -> __m256i {
+        let (lo, hi) = (2 * J, 2 * J + 1);
+        _mm256_shuffle_epi8(
+            scales,
+            _mm256_setr_epi8(
+                lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo,
+                hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi,
+            ),
+        )
+    }
+
+    /// Scales `2·pair` and `2·pair + 1` of [`scales_i16`] in every lane.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn pair_scales(scales: __m256i, pair: usize) -> (__m256i, __m256i) {
+        match pair {
+            0 => (scale_lanes::<0>(scales), scale_lanes::<1>(scales)),
+            1 => (scale_lanes::<2>(scales), scale_lanes::<3>(scales)),
+            2 => (scale_lanes::<4>(scales), scale_lanes::<5>(scales)),
+            _ => (scale_lanes::<6>(scales), scale_lanes::<7>(scales)),
+        }
+    }
+
     /// The block's `d` and `dmin` (or any two adjacent f16s) as f32s.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn f16_pair(first: f16, second: f16) -> (f32, f32) {
@@ -355,6 +388,7 @@ mod avx2 {
             );
             let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64));
             let summ = hsum_epi32_128(_mm_madd_epi16(sub_sums, mins));
+            let scales = scales_i16(scales);
             let mut sumi = _mm256_setzero_si256();
             for pair in 0..4 {
                 // SAFETY: 32 bytes of quants per pair, 64 activations.
@@ -367,14 +401,9 @@ mod avx2 {
                 };
                 let lo = _mm256_and_si256(q, nibble);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
-                let lo = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(lo, y_lo),
-                    _mm256_set1_epi16(scales[2 * pair] as i16),
-                );
-                let hi = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(hi, y_hi),
-                    _mm256_set1_epi16(scales[2 * pair + 1] as i16),
-                );
+                let (sc_lo, sc_hi) = pair_scales(scales, pair);
+                let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y_lo), sc_lo);
+                let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y_hi), sc_hi);
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo, hi));
             }
             let sumi = hsum_epi32(sumi);
@@ -395,14 +424,14 @@ mod avx2 {
             let (scales, mins) = w.scales_mins();
             let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64));
             let (d, dmin) = f16_pair(w.d, w.dmin);
+            let scales = scales_i16(scales);
             let mut sumi = [_mm256_setzero_si256(); R];
             for pair in 0..4 {
                 // SAFETY: 32 bytes of quants per pair.
                 let q = unsafe { load(w.qs.as_ptr().add(32 * pair).cast()) };
                 let lo = _mm256_and_si256(q, nibble);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
-                let sc_lo = _mm256_set1_epi16(scales[2 * pair] as i16);
-                let sc_hi = _mm256_set1_epi16(scales[2 * pair + 1] as i16);
+                let (sc_lo, sc_hi) = pair_scales(scales, pair);
                 for (sumi, x) in sumi.iter_mut().zip(&x) {
                     // SAFETY: `x` has a block `b` of 256 activations.
                     let (y_lo, y_hi) = unsafe {
@@ -438,6 +467,21 @@ mod avx2 {
             let m = _mm_add_ss(m, _mm_movehdup_ps(m));
             hsum_ps(acc[r]) - _mm_cvtss_f32(m)
         })
+    }
+
+    /// For quarter `I` of a Q6_K half (32 values, two sub-blocks of 16): scale `2I` in the low
+    /// 128-bit half's lanes and scale `2I + 1` in the high half's, from the half's eight scales
+    /// as i16s.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn quarter_scales<const I: i8>(half_scales: __m256i) -> __m256i {
+        let (a, b, c, d) = (4 * I, 4 * I + 1, 4 * I + 2, 4 * I + 3);
+        _mm256_shuffle_epi8(
+            half_scales,
+            _mm256_setr_epi8(
+                a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, c, d, c, d, c, d, c, d, c, d, c, d,
+                c, d, c, d,
+            ),
+        )
     }
 
     /// Bits `SHIFT` and `SHIFT + 1` of each byte of `qh`, moved to bits 4 and 5.
@@ -476,14 +520,20 @@ mod avx2 {
                         high_bits::<6>(qh),
                     ),
                 ];
-                for (i, q) in q.into_iter().enumerate() {
+                // This half's eight scales as i16s, in both 128-bit halves.
+                // SAFETY: 8 of the 16 scales.
+                let half_scales = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(unsafe {
+                    _mm_loadl_epi64(w.scales.as_ptr().add(8 * half).cast())
+                }));
+                let scales = [
+                    quarter_scales::<0>(half_scales),
+                    quarter_scales::<1>(half_scales),
+                    quarter_scales::<2>(half_scales),
+                    quarter_scales::<3>(half_scales),
+                ];
+                for (i, (q, scales)) in q.into_iter().zip(scales).enumerate() {
                     // SAFETY: 32 activations per quarter.
                     let y = unsafe { load(x.qs.as_ptr().add(128 * half + 32 * i)) };
-                    let s = 8 * half + 2 * i;
-                    let scales = _mm256_set_m128i(
-                        _mm_set1_epi16(w.scales[s + 1] as i16),
-                        _mm_set1_epi16(w.scales[s] as i16),
-                    );
                     let products = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), scales);
                     sumi = _mm256_add_epi32(sumi, products);
                 }
@@ -578,6 +628,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::blocks::view;
+    use crate::cpu::at_every_level;
     use candle_core::quantized::k_quants::{
         BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, GgmlType,
     };
@@ -629,18 +680,6 @@ mod tests {
             b.d = scale_of(i + 3);
             b.qs.iter_mut().for_each(|q| *q = (*q).max(-127));
         })
-    }
-
-    /// Runs `check` at every level this CPU supports, one level at a time.
-    fn at_every_level(check: impl Fn(Level)) {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let before = cpu::level();
-        for level in Level::supported() {
-            cpu::set_level(level).unwrap();
-            check(level);
-        }
-        cpu::set_level(before).unwrap();
     }
 
     /// Ragged block counts: none, one, odd, and longer than any unrolling.
@@ -779,14 +818,15 @@ mod tests {
         let mut x = crate::quantise::normal(256 * 5, 3);
         x[17] = 40.0; // an outlier sets its block's scale
         x[300..556].fill(0.0); // a block of zeros
-        let reference = {
-            let mut k = vec![Q8K::ZERO; 5];
-            let mut q = vec![Q8_0::ZERO; 40];
-            cpu::set_level(Level::Baseline).unwrap();
-            quantise_q8k(&x, &mut k);
-            quantise_q8_0(&x, &mut q);
-            (k, q)
-        };
+        let reference = std::sync::Mutex::new((vec![Q8K::ZERO; 5], vec![Q8_0::ZERO; 40]));
+        at_every_level(|level| {
+            if level == Level::Baseline {
+                let (k, q) = &mut *reference.lock().unwrap();
+                quantise_q8k(&x, k);
+                quantise_q8_0(&x, q);
+            }
+        });
+        let reference = reference.into_inner().unwrap();
         at_every_level(|level| {
             let mut k = vec![Q8K::ZERO; 5];
             let mut q = vec![Q8_0::ZERO; 40];

@@ -819,14 +819,16 @@ mod tests {
         let w = matrix(rows, cols, 1);
         let row = |r: usize, buf: &mut [f32]| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]);
         let p = pack(rows, cols, format, head, &row);
-        for m in [1, 3, GEMM_MIN_ROWS, 37] {
-            let x = matrix(m, cols, 2);
-            let (err, scale) = max_error(&p.matmul(&x, m), &reference(&w, &x, rows, cols, m));
-            assert!(
-                err <= max_rel * scale,
-                "{format} m={m}: max error {err} vs scale {scale}"
-            );
-        }
+        crate::cpu::at_every_level(|level| {
+            for m in [1, 3, GEMM_MIN_ROWS, 37] {
+                let x = matrix(m, cols, 2);
+                let (err, scale) = max_error(&p.matmul(&x, m), &reference(&w, &x, rows, cols, m));
+                assert!(
+                    err <= max_rel * scale,
+                    "{format} at {level}, m={m}: max error {err} vs scale {scale}"
+                );
+            }
+        });
     }
 
     #[test]
