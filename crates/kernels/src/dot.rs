@@ -3,9 +3,10 @@
 //!
 //! Each weight format meets its companion activation format: q8_0 and q4_0 weights meet q8_0
 //! activations, the k-quants meet [`Q8K`].  The integer sums of a block are exact at every level;
-//! the k-quants then add their blocks' float terms in the same order at every level (bit-exact
-//! results), while q8_0 and q4_0 keep eight partial float sums (their blocks are too short for a
-//! per-block horizontal sum), which differ from the scalar order by float rounding only.
+//! Q6_K then adds its blocks' float terms in the reference's order at every level (bit-exact
+//! results); the others keep partial float sums in vector lanes (a horizontal sum per block
+//! costs more than the block's own work), which differ from the reference by float rounding
+//! only (tests bound it at 1e-5 of the sum of the block terms' magnitudes).
 
 use half::{bf16, f16};
 
@@ -365,52 +366,12 @@ mod avx2 {
         (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum_epi32_128(v: __m128i) -> i32 {
-        let s = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
-        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)))
-    }
-
     /// # Safety
     /// As [`q8_0`].
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q4k(w: &[Q4K], x: &[Q8K]) -> f32 {
-        let nibble = _mm256_set1_epi8(0xF);
-        let mut acc = 0f32;
-        for (w, x) in w.iter().zip(x) {
-            let (scales, mins) = w.scales_mins();
-            // Σ_j m_j · (sum of sub-block j's activations): the bsums summed in pairs.
-            // SAFETY: 16 i16 sums.
-            let bsums = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
-            let sub_sums = _mm_hadd_epi16(
-                _mm256_castsi256_si128(bsums),
-                _mm256_extracti128_si256::<1>(bsums),
-            );
-            let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64));
-            let summ = hsum_epi32_128(_mm_madd_epi16(sub_sums, mins));
-            let scales = scales_i16(scales);
-            let mut sumi = _mm256_setzero_si256();
-            for pair in 0..4 {
-                // SAFETY: 32 bytes of quants per pair, 64 activations.
-                let (q, y_lo, y_hi) = unsafe {
-                    (
-                        load(w.qs.as_ptr().add(32 * pair).cast()),
-                        load(x.qs.as_ptr().add(64 * pair)),
-                        load(x.qs.as_ptr().add(64 * pair + 32)),
-                    )
-                };
-                let lo = _mm256_and_si256(q, nibble);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
-                let (sc_lo, sc_hi) = pair_scales(scales, pair);
-                let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y_lo), sc_lo);
-                let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y_hi), sc_hi);
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo, hi));
-            }
-            let sumi = hsum_epi32(sumi);
-            let (d, dmin) = f16_pair(w.d, w.dmin);
-            acc += x.d * d * sumi as f32 - x.d * dmin * summ as f32;
-        }
-        acc
+        // SAFETY: the same requirements.
+        unsafe { q4k_rows::<1>(w, [x])[0] }
     }
 
     /// # Safety
@@ -419,19 +380,29 @@ mod avx2 {
     pub unsafe fn q4k_rows<const R: usize>(w: &[Q4K], x: [&[Q8K]; R]) -> [f32; R] {
         let nibble = _mm256_set1_epi8(0xF);
         let mut acc = [_mm256_setzero_ps(); R];
-        let mut acc_min = [_mm_setzero_ps(); R];
         for (b, w) in w.iter().enumerate() {
             let (scales, mins) = w.scales_mins();
-            let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64));
+            // Each sub-block's min twice, to meet its two 16-value activation sums.
+            let mins = _mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64);
+            let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins));
             let (d, dmin) = f16_pair(w.d, w.dmin);
-            let scales = scales_i16(scales);
+            let scales_v = scales_i16(scales);
             let mut sumi = [_mm256_setzero_si256(); R];
             for pair in 0..4 {
                 // SAFETY: 32 bytes of quants per pair.
                 let q = unsafe { load(w.qs.as_ptr().add(32 * pair).cast()) };
                 let lo = _mm256_and_si256(q, nibble);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
-                let (sc_lo, sc_hi) = pair_scales(scales, pair);
+                // Measured on Zen 3: byte shuffles win for one row, where the scale broadcasts
+                // are a larger share of the work; plain broadcasts win for several.
+                let (sc_lo, sc_hi) = if R == 1 {
+                    pair_scales(scales_v, pair)
+                } else {
+                    (
+                        _mm256_set1_epi16(scales[2 * pair] as i16),
+                        _mm256_set1_epi16(scales[2 * pair + 1] as i16),
+                    )
+                };
                 for (sumi, x) in sumi.iter_mut().zip(&x) {
                     // SAFETY: `x` has a block `b` of 256 activations.
                     let (y_lo, y_hi) = unsafe {
@@ -448,25 +419,17 @@ mod avx2 {
                 let x = unsafe { x[r].get_unchecked(b) };
                 acc[r] =
                     _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                // Minus dmin · Σ_j m_j · (sub-block j's activation sum).
                 // SAFETY: 16 i16 sums.
                 let bsums = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
-                let sub_sums = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(bsums),
-                    _mm256_extracti128_si256::<1>(bsums),
-                );
-                acc_min[r] = _mm_fmadd_ps(
-                    _mm_set1_ps(x.d * dmin),
-                    _mm_cvtepi32_ps(_mm_madd_epi16(sub_sums, mins)),
-                    acc_min[r],
+                acc[r] = _mm256_fnmadd_ps(
+                    _mm256_set1_ps(x.d * dmin),
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins)),
+                    acc[r],
                 );
             }
         }
-        std::array::from_fn(|r| {
-            let m = acc_min[r];
-            let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-            hsum_ps(acc[r]) - _mm_cvtss_f32(m)
-        })
+        acc.map(|a| hsum_ps(a))
     }
 
     /// For quarter `I` of a Q6_K half (32 values, two sub-blocks of 16): scale `2I` in the low
@@ -693,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn k_quant_dots_are_bit_exact_at_every_level_and_match_candle() {
+    fn k_quant_dots_match_the_reference_at_every_level_and_match_candle() {
         at_every_level(|level| {
             for n in COUNTS {
                 let x = random_q8k(n, 11 + n as u64);
@@ -717,8 +680,14 @@ mod tests {
                     ),
                 ] {
                     let what = format!("{name} at {level}, {n} blocks");
-                    assert_eq!(got.to_bits(), want.to_bits(), "{what}: {got} vs {want}");
-                    close(want, candle, want.abs().max(candle.abs()), &what);
+                    // Q6_K adds its block terms in the reference's order at every level; Q4_K
+                    // keeps them in vector lanes.
+                    if name == "q6k" {
+                        assert_eq!(got.to_bits(), want.to_bits(), "{what}: {got} vs {want}");
+                    }
+                    let scale = want.abs().max(candle.abs()).max(1.0);
+                    close(got, want, scale, &what);
+                    close(want, candle, scale, &what);
                 }
             }
         });

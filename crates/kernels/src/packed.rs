@@ -586,7 +586,7 @@ fn transpose(src: &[f32], n: usize, m: usize) -> Vec<f32> {
 /// Weight rows read side by side in one decoding task, from far-apart stripes of its chunk.
 const STREAMS: usize = 4;
 /// Bytes of one row consumed before moving to the next stream.
-const SEGMENT_BYTES: usize = 512;
+const SEGMENT_BYTES: usize = 1024;
 /// How far ahead of each stream's position its cache lines are requested.
 const PREFETCH_BYTES: usize = 1536;
 
@@ -926,6 +926,46 @@ mod tests {
 mod speed_probe {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn probe_decode() {
+        let (rows, cols) = (8192, 2048);
+        let w = crate::quantise::normal(rows * cols, 1);
+        let row = |r: usize, buf: &mut [f32]| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]);
+        let x = crate::quantise::normal(cols, 2);
+        let mats: Vec<_> = (0..8)
+            .map(|_| Packed::<BlockQ4K>::new(rows, cols, &row))
+            .collect();
+        let q6: Vec<_> = (0..6)
+            .map(|_| Packed::<BlockQ6K>::new(rows, cols, &row))
+            .collect();
+        for _ in 0..3 {
+            let t = Instant::now();
+            crate::pool::busy(|| {
+                for _ in 0..10 {
+                    for m in &mats {
+                        std::hint::black_box(m.matmul(&x, 1));
+                    }
+                }
+            });
+            let e = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            crate::pool::busy(|| {
+                for _ in 0..10 {
+                    for m in &q6 {
+                        std::hint::black_box(m.matmul(&x, 1));
+                    }
+                }
+            });
+            let e6 = t.elapsed().as_secs_f64();
+            eprintln!(
+                "decode q4k {:.1} GB/s, q6k {:.1} GB/s",
+                (80 * rows * cols) as f64 * 0.5625 / e / 1e9,
+                (60 * rows * cols) as f64 * (210.0 / 256.0) / e6 / 1e9
+            );
+        }
+    }
 
     #[test]
     #[ignore]
