@@ -426,7 +426,7 @@ impl Kernel for BlockQ4K {
         let xq = quantised(x, p.cols, per_row, blocks::Q8K::ZERO, dot::quantise_q8k);
         let blocks = p.blocks.as_slice();
         let act = |i: usize| &xq[i * per_row..][..per_row];
-        Some(tiled_groups(m, p.rows, |i0, r, out| {
+        Some(tiled_groups(m, p.rows, dot::ROWS, |i0, r, out| {
             let w = blocks::view(&blocks[r * per_row..][..per_row]);
             if out.len() == dot::ROWS {
                 let rows = std::array::from_fn(|g| act(i0 + g));
@@ -680,31 +680,13 @@ const ROW_BLOCK: usize = 32;
 
 /// `out[i, r] = dot(i, r)` for `i < m`, `r < n`, parallel over chunks of output columns.
 fn tiled<F: Fn(usize, usize) -> f32 + Sync>(m: usize, n: usize, dot: F) -> Vec<f32> {
-    let chunk = chunk_rows(n);
-    // Column-major per chunk ([cols, m]), transposed at the end.
-    let mut out_t = vec![0f32; n * m];
-    out_t
-        .par_chunks_mut(chunk * m)
-        .enumerate()
-        .for_each(|(c, o)| {
-            let cols = o.len() / m;
-            for i0 in (0..m).step_by(ROW_BLOCK) {
-                let i1 = (i0 + ROW_BLOCK).min(m);
-                for j in 0..cols {
-                    let r = c * chunk + j;
-                    for i in i0..i1 {
-                        o[j * m + i] = dot(i, r);
-                    }
-                }
-            }
-        });
-    transpose(&out_t, n, m)
+    tiled_groups(m, n, 1, |i, r, out| out[0] = dot(i, r))
 }
 
 /// `out[i, r]` for `i < m`, `r < n`, where `group(i0, r, out)` fills `out[g]` with the value
-/// for activation row `i0 + g` (up to [`dot::ROWS`] rows at a time): [`tiled`] for the
-/// micro-kernels that take several activation rows per weight row.
-fn tiled_groups<F>(m: usize, n: usize, group: F) -> Vec<f32>
+/// for activation row `i0 + g`, up to `size` rows at a time (micro-kernels take several
+/// activation rows per weight row), parallel over chunks of output columns.
+fn tiled_groups<F>(m: usize, n: usize, size: usize, group: F) -> Vec<f32>
 where
     F: Fn(usize, usize, &mut [f32]) + Sync,
 {
@@ -719,8 +701,8 @@ where
                 let i1 = (i0 + ROW_BLOCK).min(m);
                 for j in 0..cols {
                     let r = c * chunk + j;
-                    for g in (i0..i1).step_by(dot::ROWS) {
-                        let end = (g + dot::ROWS).min(i1);
+                    for g in (i0..i1).step_by(size) {
+                        let end = (g + size).min(i1);
                         group(g, r, &mut o[j * m + g..j * m + end]);
                     }
                 }
@@ -919,92 +901,5 @@ mod tests {
         assert_eq!("q8_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q8_0);
         let err = "q3".parse::<WeightFormat>().unwrap_err().to_string();
         assert!(err.contains("q3") && err.contains("q8_0"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod speed_probe {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn probe_decode() {
-        let (rows, cols) = (8192, 2048);
-        let w = crate::quantise::normal(rows * cols, 1);
-        let row = |r: usize, buf: &mut [f32]| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]);
-        let x = crate::quantise::normal(cols, 2);
-        let mats: Vec<_> = (0..8)
-            .map(|_| Packed::<BlockQ4K>::new(rows, cols, &row))
-            .collect();
-        let q6: Vec<_> = (0..6)
-            .map(|_| Packed::<BlockQ6K>::new(rows, cols, &row))
-            .collect();
-        for _ in 0..3 {
-            let t = Instant::now();
-            crate::pool::busy(|| {
-                for _ in 0..10 {
-                    for m in &mats {
-                        std::hint::black_box(m.matmul(&x, 1));
-                    }
-                }
-            });
-            let e = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            crate::pool::busy(|| {
-                for _ in 0..10 {
-                    for m in &q6 {
-                        std::hint::black_box(m.matmul(&x, 1));
-                    }
-                }
-            });
-            let e6 = t.elapsed().as_secs_f64();
-            eprintln!(
-                "decode q4k {:.1} GB/s, q6k {:.1} GB/s",
-                (80 * rows * cols) as f64 * 0.5625 / e / 1e9,
-                (60 * rows * cols) as f64 * (210.0 / 256.0) / e6 / 1e9
-            );
-        }
-    }
-
-    #[test]
-    #[ignore]
-    fn probe() {
-        let (rows, cols, m) = (8192, 2048, 128);
-        let w = crate::quantise::normal(rows * cols, 1);
-        let row = |r: usize, buf: &mut [f32]| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]);
-        let x = crate::quantise::normal(m * cols, 2);
-        for fmt in [WeightFormat::Q4K, WeightFormat::Q8_0] {
-            macro_rules! run {
-                ($t:ty) => {{
-                    let p = Packed::<$t>::new(rows, cols, &row);
-                    for _ in 0..2 {
-                        let t = Instant::now();
-                        let a = p.matmul_gemm(&x, m);
-                        let g = t.elapsed();
-                        let t = Instant::now();
-                        let b = <$t as Kernel>::matmul_rows(&p, &x, m)
-                            .unwrap_or_else(|| <$t as Kernel>::matmul_dot(&p, &x, m));
-                        let d = t.elapsed();
-                        let t = Instant::now();
-                        let _ = <$t as Kernel>::matmul_dot(&p, &x[..cols], 1);
-                        let one = t.elapsed();
-                        eprintln!(
-                            "{fmt}: gemm {:?} ({:.1} GFLOP/s) dot {:?} ({:.1}) m=1 {:?} diff {}",
-                            g,
-                            2.0 * (rows * cols * m) as f64 / g.as_secs_f64() / 1e9,
-                            d,
-                            2.0 * (rows * cols * m) as f64 / d.as_secs_f64() / 1e9,
-                            one,
-                            (a[5] - b[5]).abs()
-                        );
-                    }
-                }};
-            }
-            match fmt {
-                WeightFormat::Q4K => run!(BlockQ4K),
-                _ => run!(BlockQ8_0),
-            }
-        }
     }
 }
