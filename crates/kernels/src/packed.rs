@@ -420,29 +420,50 @@ impl Kernel for BlockQ4K {
     }
 
     fn matmul_rows(p: &Packed<Self>, x: &[f32], m: usize) -> Option<Vec<f32>> {
-        let probe: [&[blocks::Q8K]; dot::ROWS] = [&[]; dot::ROWS];
-        dot::q4k_rows(&[], probe)?;
-        let per_row = p.cols / Self::BLCK_SIZE;
-        let xq = quantised(x, p.cols, per_row, blocks::Q8K::ZERO, dot::quantise_q8k);
-        let blocks = p.blocks.as_slice();
-        let act = |i: usize| &xq[i * per_row..][..per_row];
-        Some(tiled_groups(m, p.rows, dot::ROWS, |i0, r, out| {
-            let w = blocks::view(&blocks[r * per_row..][..per_row]);
-            if out.len() == dot::ROWS {
-                let rows = std::array::from_fn(|g| act(i0 + g));
-                out.copy_from_slice(&dot::q4k_rows(w, rows).expect("checked above"));
-            } else {
-                for (g, o) in out.iter_mut().enumerate() {
-                    *o = dot::q4k(w, act(i0 + g));
-                }
-            }
-        }))
+        matmul_k_rows(p, x, m, dot::q4k_rows, dot::q4k)
     }
 }
 impl Kernel for BlockQ6K {
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
         matmul_quantised(p, x, m, blocks::Q8K::ZERO, dot::quantise_q8k, dot::q6k)
     }
+
+    fn matmul_rows(p: &Packed<Self>, x: &[f32], m: usize) -> Option<Vec<f32>> {
+        matmul_k_rows(p, x, m, dot::q6k_rows, dot::q6k)
+    }
+}
+
+/// The many-rows product of a k-quant on its row kernel (`rows`, [`dot::ROWS`] activation rows
+/// at a time, `single` for the rest); `None` where the level has no row kernel.
+fn matmul_k_rows<T, W>(
+    p: &Packed<T>,
+    x: &[f32],
+    m: usize,
+    rows: dot::RowKernel<W>,
+    single: fn(&[W], &[blocks::Q8K]) -> f32,
+) -> Option<Vec<f32>>
+where
+    T: Kernel + SameLayout<W>,
+{
+    rows(&[], [&[]; dot::ROWS])?;
+    let per_row = p.cols / T::BLCK_SIZE;
+    let xq = quantised(x, p.cols, per_row, blocks::Q8K::ZERO, dot::quantise_q8k);
+    let blocks = p.blocks.as_slice();
+    let act = |i: usize| &xq[i * per_row..][..per_row];
+    Some(tiled_groups(m, p.rows, dot::ROWS, |i0, r, out| {
+        let w = blocks::view(&blocks[r * per_row..][..per_row]);
+        let all = (out.len() == dot::ROWS)
+            .then(|| rows(w, std::array::from_fn(|g| act(i0 + g))))
+            .flatten();
+        match all {
+            Some(all) => out.copy_from_slice(&all),
+            None => {
+                for (g, o) in out.iter_mut().enumerate() {
+                    *o = single(w, act(i0 + g));
+                }
+            }
+        }
+    }))
 }
 // Further block types a GGUF file may store, on candle's dot products.
 impl Kernel for BlockQ4_1 {
