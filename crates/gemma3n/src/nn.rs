@@ -11,25 +11,32 @@ use kernels::activation;
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
+    /// The weight as host floats, for the CPU path (read once, not per call).
+    host_weight: Option<Vec<f32>>,
     eps: f64,
 }
 
 impl RmsNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get(dim, "weight")?.to_dtype(DType::F32)?;
-        Ok(Self { weight, eps })
+        Self::from_weight(vb.get(dim, "weight")?, eps)
     }
 
     /// The parameter-free variant (`with_scale=False`): a weight of ones.
     pub fn without_weight(dim: usize, eps: f64, device: &candle_core::Device) -> Result<Self> {
-        let weight = Tensor::ones(dim, DType::F32, device)?;
-        Ok(Self { weight, eps })
+        Self::from_weight(Tensor::ones(dim, DType::F32, device)?, eps)
     }
 
     /// Variant for parameters stored as a bare tensor rather than `<name>.weight`.
     pub fn from_weight(weight: Tensor, eps: f64) -> Result<Self> {
+        let weight = weight.to_dtype(DType::F32)?;
+        let host_weight = if weight.device().is_cpu() {
+            Some(weight.flatten_all()?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
         Ok(Self {
-            weight: weight.to_dtype(DType::F32)?,
+            weight,
+            host_weight,
             eps,
         })
     }
@@ -39,10 +46,9 @@ impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
-        if !x.device().is_cpu() {
+        let Some(weight) = self.host_weight.as_deref().filter(|_| x.device().is_cpu()) else {
             return candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?.to_dtype(dtype);
-        }
-        let weight = self.weight.to_vec1::<f32>()?;
+        };
         let dim = weight.len();
         let values = x.flatten_all()?.to_vec1::<f32>()?;
         if dim == 0 || values.len() % dim != 0 {
@@ -52,7 +58,7 @@ impl Module for RmsNorm {
         let rows = (ELEMENTWISE_CHUNK / dim).max(1) * dim;
         out.par_chunks_mut(rows)
             .zip(values.par_chunks(rows))
-            .for_each(|(o, v)| activation::rms_norm(v, &weight, self.eps as f32, o));
+            .for_each(|(o, v)| activation::rms_norm(v, weight, self.eps as f32, o));
         Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(dtype)
     }
 }

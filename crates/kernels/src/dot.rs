@@ -98,6 +98,11 @@ pub fn q4k(w: &[Q4K], x: &[Q8K]) -> f32 {
 /// Activation rows per call of the prefill micro-kernels.
 pub const ROWS: usize = 4;
 
+/// Whether this level has the prefill micro-kernels ([`q4k_rows`], [`q6k_rows`]).
+pub fn has_row_kernels() -> bool {
+    cfg!(target_arch = "x86_64") && cpu::level() >= Level::Avx2
+}
+
 /// A prefill micro-kernel: one weight row of blocks `W` against [`ROWS`] activation rows;
 /// `None` where the level has none.
 pub type RowKernel<W> = fn(&[W], [&[Q8K]; ROWS]) -> Option<[f32; ROWS]>;
