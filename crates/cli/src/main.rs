@@ -36,6 +36,54 @@ enum Command {
     Bench(BenchArgs),
     /// Serve the OpenAI-compatible API (chat completions with images and audio, transcriptions).
     Serve(ServeArgs),
+    /// Write a MatFormer slice of an E4B checkpoint as a new checkpoint folder (Hugging Face layout).
+    Slice(SliceArgs),
+    /// List the published MatFormer slices of E4B.
+    Slices,
+}
+
+#[derive(Args)]
+struct SliceArgs {
+    /// The full model: a Hugging Face checkpoint folder or repo id (E4B).
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    slice: SliceSpec,
+    /// New folder for the sliced checkpoint.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Which MatFormer slice of the model to use.
+#[derive(Args)]
+struct SliceSpec {
+    /// A published slice of E4B by name, e.g. E2B or E2.98B-layer (`gemma-chat slices` lists them).
+    #[arg(long, conflicts_with = "ffn_dims")]
+    slice: Option<String>,
+    /// A slice of your own: the feed-forward width of each kept layer, comma-separated (one
+    /// value applies to every kept layer).
+    #[arg(long)]
+    ffn_dims: Option<String>,
+    /// Layers to leave out, with --ffn-dims: e.g. 20-24 or 3,7.
+    #[arg(long, requires = "ffn_dims")]
+    skip_layers: Option<String>,
+}
+
+impl SliceSpec {
+    fn resolve(&self) -> Result<Option<gemma3n::Slice>> {
+        if let Some(name) = &self.slice {
+            return Ok(Some(gemma3n::matformer::find(name)?));
+        }
+        let Some(widths) = &self.ffn_dims else {
+            return Ok(None);
+        };
+        Ok(Some(gemma3n::Slice {
+            ffn_dims: gemma3n::matformer::parse_widths(widths)?,
+            skip_layers: gemma3n::matformer::parse_layers(
+                self.skip_layers.as_deref().unwrap_or(""),
+            )?,
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -103,6 +151,8 @@ struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    slice: SliceSpec,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,6 +175,7 @@ impl ModelArgs {
             device: gemma3n::parse_device(&self.device)?,
             threads: self.threads,
             progress: None,
+            slice: self.slice.resolve()?,
         })
     }
 }
@@ -237,7 +288,48 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => chat(args),
         Command::Bench(args) => bench(args),
         Command::Serve(args) => serve(args),
+        Command::Slice(args) => slice(args),
+        Command::Slices => {
+            list_slices();
+            Ok(())
+        }
     }
+}
+
+fn slice(args: SliceArgs) -> Result<()> {
+    let Some(slice) = args.slice.resolve()? else {
+        bail!("choose a slice with --slice NAME or --ffn-dims (see `gemma-chat slices`)");
+    };
+    let dir = engine::resolve_model(&args.model, true)?;
+    let exported = gemma3n::matformer::export(&dir, &slice, &args.out)?;
+    println!(
+        "wrote {} ({} layers, {} tensors, {:.1} MiB in {} file{})",
+        args.out.display(),
+        exported.layers,
+        exported.tensors,
+        exported.bytes as f64 / (1 << 20) as f64,
+        exported.files.len(),
+        if exported.files.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+fn list_slices() {
+    println!(
+        "{:<14} {:>7} {:>11} {:>6}  name",
+        "slice", "layers", "effective", "MMLU"
+    );
+    for p in gemma3n::matformer::published() {
+        println!(
+            "{:<14} {:>7} {:>9.2} B {:>6}  {}",
+            p.id,
+            p.slice.ffn_dims.len(),
+            p.effective_params_b,
+            p.mmlu,
+            p.name
+        );
+    }
+    println!("(Google's gemma3n-slicing-configs table; MMLU of the pre-trained model)");
 }
 
 fn serve(args: ServeArgs) -> Result<()> {

@@ -528,3 +528,102 @@ fn a_damaged_tower_is_reported_when_the_model_is_opened() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `slice` writes a MatFormer slice as a checkpoint folder; it chats like the same slice taken at
+/// load (`--ffn-dims`, `--skip-layers`), and both continue the prompt as transformers does on the
+/// slice the MatFormer Lab procedure cuts.
+#[test]
+fn a_sliced_checkpoint_chats_like_the_slice_taken_at_load() {
+    let golden = fixtures::golden_json("M");
+    let slice = &golden["slices"]["skip"];
+    let list = |key: &str| -> String {
+        let items: Vec<String> = slice[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        items.join(",")
+    };
+    let (dims, skip) = (list("ffn_dims"), list("skip_layers"));
+    let full = fixtures::model_dir("M");
+    let dir = temp_dir("slice");
+    let sliced = dir.join("sliced");
+    let out = gemma_chat(&[
+        "slice",
+        "--model",
+        full.to_str().unwrap(),
+        "--ffn-dims",
+        &dims,
+        "--skip-layers",
+        &skip,
+        "--out",
+        sliced.to_str().unwrap(),
+    ]);
+    assert_succeeded(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("11 layers"));
+
+    let messages = dir.join("m.json");
+    std::fs::write(&messages, TEXT_MESSAGES).unwrap();
+    let (_, exported) = greedy_json(&sliced, &messages);
+    let at_load = gemma_chat(&[
+        "generate",
+        "--model",
+        full.to_str().unwrap(),
+        "--ffn-dims",
+        &dims,
+        "--skip-layers",
+        &skip,
+        "--messages",
+        messages.to_str().unwrap(),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "20",
+        "--json",
+    ]);
+    assert_succeeded(&at_load);
+    let stdout = String::from_utf8(at_load.stdout).unwrap();
+    let at_load: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(exported["token_ids"], at_load["token_ids"]);
+    let ids: Vec<u64> = exported["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let expected = until_stop(golden["runs"]["skip"]["generated_ids"].as_array().unwrap());
+    let n = ids.len().min(expected.len());
+    assert_eq!(ids[..n], expected[..n]);
+
+    // A published E4B slice does not fit this 15-layer model, and an unknown name lists the known ones.
+    let again = gemma_chat(&[
+        "slice",
+        "--model",
+        full.to_str().unwrap(),
+        "--slice",
+        "E2B",
+        "--out",
+        sliced.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("layer 20 cannot be skipped"), "{err}");
+    let unknown = gemma_chat(&[
+        "generate", "--model", "x", "--slice", "E9B", "--prompt", "hi",
+    ]);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("E9B") && err.contains("E2.98B-layer"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn published_slices_are_listed() {
+    let out = gemma_chat(&["slices"]);
+    assert_succeeded(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for id in ["E4B", "E2B", "E2.49B-block", "E3.79B-layer"] {
+        assert!(text.contains(id), "{text}");
+    }
+    assert!(text.contains("1.91 B"), "{text}");
+}

@@ -166,6 +166,7 @@ impl ImageProcessor {
         let resized;
         let img = match self.size {
             Some((h, w)) if (h, w) != (rgb.height(), rgb.width()) => {
+                self.check_resize_work(rgb, w, h, name)?;
                 resized = resize_bilinear_antialiased(rgb, w, h);
                 &resized
             }
@@ -181,6 +182,27 @@ impl ImageProcessor {
         }
         Tensor::from_vec(chw, (3, h as usize, w as usize), &Device::Cpu)
             .map_err(|e| image_error(name, format!("cannot build pixel tensor: {e}")))
+    }
+
+    /// The resize's horizontal pass makes an `input height × output width` image, and the
+    /// vertical pass reads every input row for each output column; both grow with that product,
+    /// which an extreme aspect ratio (a 8x65000 strip, say) makes far larger than the image.  It
+    /// is held to the pixel limit, so that no image costs more to resize than to decode.
+    fn check_resize_work(&self, rgb: &RgbImage, width: u32, height: u32, name: &str) -> Result<()> {
+        let (w, h) = rgb.dimensions();
+        let rows_times_width = h as u64 * width as u64;
+        let cols_times_height = w as u64 * height as u64;
+        if rows_times_width.max(cols_times_height) > self.max_pixels {
+            return Err(image_error(
+                name,
+                format!(
+                    "a {w}x{h} image is too narrow or too wide to resize to {width}x{height} \
+                     (an aspect ratio of {:.0}:1)",
+                    w.max(h) as f64 / w.min(h) as f64
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// One channel value: rescale (an f32 multiply, as torch does), then normalise if configured.
@@ -392,6 +414,41 @@ mod tests {
                 assert!(taps.start[i] + taps.weights[i].len() <= input);
             }
         }
+    }
+
+    /// Found by the image fuzz target: an 8x65032 JPEG of 427 bytes took 20 s to resize.
+    #[test]
+    fn extreme_aspect_ratios_are_refused_before_resizing() {
+        let processor = ImageProcessor::from_config(ImageProcessorConfig {
+            do_resize: true,
+            size: Some(Size {
+                height: 160,
+                width: 160,
+            }),
+            resample: None,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: false,
+            image_mean: half(),
+            image_std: half(),
+        })
+        .unwrap()
+        .with_max_pixels(1 << 22);
+        let strip = RgbImage::new(8, 65032);
+        let err = processor
+            .preprocess(&strip, "strip.jpg")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("strip.jpg"), "{err}");
+        assert!(err.contains("8x65032"), "{err}");
+        assert!(err.contains("too narrow or too wide"), "{err}");
+        let wide = RgbImage::new(65032, 8);
+        assert!(processor.preprocess(&wide, "wide.png").is_err());
+        // A panorama well inside the limit still resizes.
+        let panorama = processor
+            .preprocess(&RgbImage::new(4000, 500), "p.jpg")
+            .unwrap();
+        assert_eq!(panorama.dims(), &[3, 160, 160]);
     }
 
     #[test]

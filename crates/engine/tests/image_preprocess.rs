@@ -292,3 +292,15 @@ fn missing_processor_config_is_reported() {
         .to_string();
     assert!(err.contains("preprocessor_config.json"), "{err}");
 }
+
+/// Found by the `image` fuzz target (`tests/fuzz_inputs/image`): a 427-byte JPEG declaring an
+/// 8x65032 strip decoded in no time and then took 20 s to resize.  Resizing is now held to the
+/// pixel limit too, so it is refused with the reason.
+#[test]
+fn an_extreme_strip_is_refused_instead_of_resized_for_seconds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz_inputs/image/jpeg-8x65032-strip.jpg");
+    let processor = processor("C").with_max_pixels(1 << 22);
+    let err = expect_image_error(processor.load_file(&path), "too narrow or too wide");
+    assert!(err.contains("8x65032"), "{err}");
+}

@@ -4,14 +4,14 @@
 //! the hub checkpoints carry `rope_theta` / `rope_local_base_freq`.  Both are accepted and resolved
 //! into [`TextConfig::rope_theta_for`].  Every size comes from the file; nothing assumes E2B.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
 use crate::{Error, Result};
 
 /// Attention kind of a decoder layer (`layer_types` entries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerType {
     SlidingAttention,
@@ -289,15 +289,26 @@ pub struct Gemma3nConfig {
 
 impl Gemma3nConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+        Self::from_value(
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json: {e}")))?,
+        )
+    }
+
+    pub fn from_value(value: serde_json::Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(value)
+            .map_err(|e| Error::Config(format!("config.json: {e}")))?;
         cfg.text_config.validate()?;
         Ok(cfg)
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_value(Self::read_json(path)?)
+    }
+
+    /// `config.json` as JSON, for callers that rewrite it (a MatFormer slice).
+    pub fn read_json(path: &Path) -> Result<serde_json::Value> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_json(&text)
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))
     }
 }

@@ -274,6 +274,7 @@ pub(crate) fn open(path: &Path) -> Result<(Checkpoint, Json)> {
             end: start + len,
             encoding,
             shape,
+            part: None,
         };
         if let Some((_, ours)) = STACKED_TENSORS.iter().find(|(g, _)| g == name) {
             let [n, rows, cols] = shape[..] else {

@@ -13,6 +13,7 @@ pub mod expected;
 pub mod gguf;
 pub mod kv_cache;
 pub mod loader;
+pub mod matformer;
 pub mod model;
 pub mod nn;
 pub mod quant;
@@ -23,6 +24,7 @@ pub use audio::{AudioEncoder, AudioEncoding};
 pub use config::{AudioConfig, Gemma3nConfig, LayerType, TextConfig, VisionConfig};
 pub use kv_cache::Cache;
 pub use loader::{Checkpoint, EmbeddingTable, ProgressFn};
+pub use matformer::{Slice, SlicePlan};
 pub use model::{parse_device, Gemma3nModel, LoadOptions, MediaEmbeddings};
 pub use quant::{QLinear, WeightFormat};
 

@@ -6,9 +6,11 @@
 //! download or a tensor of an unsupported type is reported by name instead of surfacing as a
 //! confusing failure deep inside model construction.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use candle_nn::{Init, VarBuilder};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::matformer::SlicePlan;
 use crate::quant::{QLinear, WeightFormat};
 use crate::{Error, Result};
 use kernels::{dequantize_into, ggml_bytes};
@@ -49,11 +52,123 @@ impl Encoding {
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub file: usize,
-    /// Byte range inside the file.
+    /// Byte range of the stored tensor inside the file.
     pub start: usize,
     pub end: usize,
     pub encoding: Encoding,
+    /// The shape the model sees (of the kept part, when there is one).
     pub shape: Vec<usize>,
+    /// Set when only part of the stored 2-D tensor is used (a MatFormer slice).
+    pub part: Option<Arc<StoredPart>>,
+}
+
+/// Rows and columns (element ranges, in order) kept of a stored `[rows, cols]` tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub rows: Vec<Range<usize>>,
+    pub cols: Vec<Range<usize>>,
+}
+
+/// A [`Part`] resolved to bytes: where each kept column range sits inside a stored row.
+#[derive(Debug)]
+pub(crate) struct StoredPart {
+    rows: Vec<Range<usize>>,
+    row_bytes: usize,
+    col_spans: Vec<ColSpan>,
+}
+
+/// One kept column range of a row: `bytes` at `offset` in the stored row, decoded into the
+/// values `at..at + len` of the kept row.
+#[derive(Debug, Clone, Copy)]
+struct ColSpan {
+    offset: usize,
+    bytes: usize,
+    at: usize,
+    len: usize,
+}
+
+impl Entry {
+    /// Bytes holding the values the model sees.
+    fn bytes(&self) -> usize {
+        match &self.part {
+            None => self.end - self.start,
+            Some(p) => {
+                let rows: usize = p.rows.iter().map(|r| r.len()).sum();
+                rows * p.col_spans.iter().map(|c| c.bytes).sum::<usize>()
+            }
+        }
+    }
+
+    /// (file offset, length) of the bytes the model sees, in order; neighbours are merged.
+    fn spans(&self) -> Vec<(usize, usize)> {
+        let Some(p) = &self.part else {
+            return vec![(self.start, self.end - self.start)];
+        };
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for row in p.rows.iter().flat_map(|r| r.clone()) {
+            for c in &p.col_spans {
+                let at = self.start + row * p.row_bytes + c.offset;
+                match spans.last_mut() {
+                    Some((start, len)) if *start + *len == at => *len += c.bytes,
+                    _ => spans.push((at, c.bytes)),
+                }
+            }
+        }
+        spans
+    }
+
+    /// This tensor narrowed to `part` (a 2-D tensor, kept whole so far).  Columns of ggml blocks
+    /// can only be cut at block boundaries.
+    pub(crate) fn with_part(&self, name: &str, part: Part) -> Result<Entry> {
+        let bad = |why: String| Error::Checkpoint(format!("cannot slice {name}: {why}"));
+        let [rows, cols] = self.shape[..] else {
+            return Err(bad(format!("it has shape {:?}, not 2-D", self.shape)));
+        };
+        if self.part.is_some() {
+            return Err(bad("it is already sliced".into()));
+        }
+        let within = |r: &Range<usize>, n: usize| r.start < r.end && r.end <= n;
+        if let Some(r) = part.rows.iter().find(|r| !within(r, rows)) {
+            return Err(bad(format!("rows {r:?} are outside its {rows} rows")));
+        }
+        if let Some(c) = part.cols.iter().find(|c| !within(c, cols)) {
+            return Err(bad(format!("columns {c:?} are outside its {cols} columns")));
+        }
+        let row_bytes = self
+            .encoding
+            .row_bytes(cols)
+            .ok_or_else(|| bad(format!("its rows do not fit {:?} blocks", self.encoding)))?;
+        let mut col_spans = Vec::with_capacity(part.cols.len());
+        let mut at = 0;
+        for c in &part.cols {
+            let (Some(offset), Some(bytes)) = (
+                self.encoding.row_bytes(c.start),
+                self.encoding.row_bytes(c.len()),
+            ) else {
+                return Err(bad(format!(
+                    "columns {c:?} do not fall on the boundaries of its {:?} blocks",
+                    self.encoding
+                )));
+            };
+            col_spans.push(ColSpan {
+                offset,
+                bytes,
+                at,
+                len: c.len(),
+            });
+            at += c.len();
+        }
+        let kept_rows = part.rows.iter().map(|r| r.len()).sum();
+        Ok(Entry {
+            shape: vec![kept_rows, at],
+            part: Some(Arc::new(StoredPart {
+                rows: part.rows,
+                row_bytes,
+                col_spans,
+            })),
+            ..self.clone()
+        })
+    }
 }
 
 /// The validated, memory-mapped weight files of one checkpoint.
@@ -169,14 +284,45 @@ impl Checkpoint {
                 [out_dim, in_dim]
             );
         }
-        let linear = QLinear::from_blocks(dtype, out_dim, in_dim, self.mapped(e));
+        let linear = QLinear::from_blocks(dtype, out_dim, in_dim, &self.mapped(e));
         release(&self.maps[e.file], e.start, e.end - e.start);
-        self.note_read(e.end - e.start);
+        self.note_read(e.bytes());
         linear
     }
 
-    fn mapped(&self, e: &Entry) -> &[u8] {
-        &self.maps[e.file][e.start..e.end]
+    /// The bytes of `e` from the map: borrowed when stored whole, gathered when sliced.
+    fn mapped(&self, e: &Entry) -> Cow<'_, [u8]> {
+        let map = &self.maps[e.file];
+        match e.part {
+            None => Cow::Borrowed(&map[e.start..e.end]),
+            Some(_) => Cow::Owned(
+                e.spans()
+                    .into_iter()
+                    .flat_map(|(at, len)| &map[at..at + len])
+                    .copied()
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The same weights seen through a MatFormer slice: skipped layers gone, kept ones
+    /// renumbered, feed-forward blocks and per-layer tables narrowed (nothing is read here).
+    pub fn sliced(&self, plan: &SlicePlan) -> Result<Self> {
+        let mut index = HashMap::with_capacity(self.index.len());
+        for (name, e) in self.index.iter() {
+            let Some((renamed, part)) = plan.tensor(name, &e.shape) else {
+                continue;
+            };
+            let entry = match part {
+                None => e.clone(),
+                Some(part) => e.with_part(name, part)?,
+            };
+            index.insert(renamed, entry);
+        }
+        Ok(Self {
+            index: Arc::new(index),
+            ..self.clone()
+        })
     }
 
     /// Report reads to `report` as a fraction of the bytes of the tensors `counted` selects,
@@ -186,7 +332,7 @@ impl Checkpoint {
             .index
             .iter()
             .filter(|(name, _)| counted(name))
-            .map(|(_, e)| (e.end - e.start) as u64)
+            .map(|(_, e)| e.bytes() as u64)
             .sum();
         self.progress = Some(Arc::new(ReadProgress {
             total,
@@ -234,6 +380,25 @@ impl Checkpoint {
                 e.encoding
             )));
         };
+        let (row_bytes, col_spans) = match &e.part {
+            None => (
+                row_bytes,
+                vec![ColSpan {
+                    offset: 0,
+                    bytes: row_bytes,
+                    at: 0,
+                    len: cols,
+                }],
+            ),
+            Some(p) if p.rows.len() == 1 && p.rows[0] == (0..rows) => {
+                (p.row_bytes, p.col_spans.clone())
+            }
+            Some(_) => {
+                return Err(Error::Checkpoint(format!(
+                    "{name}: a table can only be sliced by columns"
+                )))
+            }
+        };
         Ok(EmbeddingTable {
             maps: self.maps.clone(),
             file: e.file,
@@ -241,6 +406,7 @@ impl Checkpoint {
             rows,
             cols,
             row_bytes,
+            col_spans,
             encoding: e.encoding,
         })
     }
@@ -274,9 +440,9 @@ impl Checkpoint {
             // Decoded straight from the map (blocks need their alignment), then let go.
             Encoding::Blocks(dtype) => {
                 let mut values = vec![0f32; e.shape.iter().product()];
-                dequantize_into(dtype, self.mapped(e), &mut values);
+                dequantize_into(dtype, &self.mapped(e), &mut values);
                 release(&self.maps[e.file], e.start, e.end - e.start);
-                self.note_read(e.end - e.start);
+                self.note_read(e.bytes());
                 Tensor::from_vec(values, e.shape.as_slice(), &Device::Cpu)
             }
         }
@@ -290,7 +456,7 @@ impl Checkpoint {
         name: &str,
         e: &Entry,
     ) -> candle_core::Result<Tensor> {
-        let mut data = vec![T::zero(); (e.end - e.start) / std::mem::size_of::<T>()];
+        let mut data = vec![T::zero(); e.bytes() / std::mem::size_of::<T>()];
         // SAFETY: `T` is a plain number type, so its buffer may be viewed and written as bytes.
         let bytes = unsafe {
             std::slice::from_raw_parts_mut(
@@ -298,10 +464,40 @@ impl Checkpoint {
                 std::mem::size_of_val(data.as_slice()),
             )
         };
-        read_at(&self.handles[e.file], bytes, e.start as u64)
-            .map_err(|err| candle_core::Error::Msg(format!("reading {name}: {err}")))?;
-        self.note_read(bytes.len());
+        self.read_spans(name, e, bytes)?;
         Tensor::from_vec(data, e.shape.as_slice(), &Device::Cpu)
+    }
+
+    /// Read the bytes the model sees of `e` into `out` (`e.bytes()` long).
+    fn read_spans(&self, name: &str, e: &Entry, out: &mut [u8]) -> candle_core::Result<()> {
+        let mut rest = out;
+        for (at, len) in e.spans() {
+            let (chunk, tail) = rest.split_at_mut(len);
+            read_at(&self.handles[e.file], chunk, at as u64)
+                .map_err(|err| candle_core::Error::Msg(format!("reading {name}: {err}")))?;
+            rest = tail;
+        }
+        self.note_read(e.bytes());
+        Ok(())
+    }
+
+    /// A floating-point tensor as stored (the kept part of it, in a slice): dtype, shape and
+    /// little-endian bytes, for writing a checkpoint back out.
+    pub fn stored_bytes(&self, name: &str) -> Result<(DType, Vec<usize>, Vec<u8>)> {
+        let e = self.entry(name).map_err(Error::Candle)?;
+        let Encoding::Float(dtype) = e.encoding else {
+            return Err(Error::Checkpoint(format!(
+                "{name} is stored in ggml blocks, not as floating-point values"
+            )));
+        };
+        let mut bytes = vec![0u8; e.bytes()];
+        self.read_spans(name, e, &mut bytes)?;
+        Ok((dtype, e.shape.clone(), bytes))
+    }
+
+    /// Bytes of the values of `name` as the model sees it.
+    pub fn tensor_bytes(&self, name: &str) -> Option<usize> {
+        self.index.get(name).map(Entry::bytes)
     }
 }
 
@@ -343,7 +539,9 @@ pub struct EmbeddingTable {
     start: usize,
     rows: usize,
     cols: usize,
+    /// Bytes of one stored row, and the parts of it that make up a row of the table.
     row_bytes: usize,
+    col_spans: Vec<ColSpan>,
     encoding: Encoding,
 }
 
@@ -356,18 +554,16 @@ impl EmbeddingTable {
         self.cols
     }
 
-    /// Size of the whole table in the file.
+    /// Size of the values the table holds (of its kept columns, when sliced).
     pub fn bytes(&self) -> usize {
-        self.rows * self.row_bytes
+        self.rows * self.col_spans.iter().map(|c| c.bytes).sum::<usize>()
     }
 
-    fn row_bytes(&self, row: usize) -> &[u8] {
-        let at = self.start + row * self.row_bytes;
-        &self.maps[self.file][at..at + self.row_bytes]
-    }
-
-    /// The whole table, when a GGUF file stores it in ggml blocks (`dtype`, bytes).
+    /// The whole table, when a GGUF file stores it in ggml blocks (`dtype`, bytes), unsliced.
     pub(crate) fn blocks(&self) -> Option<(GgmlDType, &[u8])> {
+        if self.bytes() != self.rows * self.row_bytes {
+            return None;
+        }
         match self.encoding {
             Encoding::Blocks(dtype) => {
                 let len = self.rows * self.row_bytes;
@@ -389,27 +585,11 @@ impl EmbeddingTable {
 
     /// Write row `row` as f32 into `out` (`cols` long).
     pub fn row_into(&self, row: usize, out: &mut [f32]) {
-        let bytes = self.row_bytes(row);
-        let dtype = match self.encoding {
-            Encoding::Blocks(dtype) => return dequantize_into(dtype, bytes, out),
-            Encoding::Float(dtype) => dtype,
-        };
-        match dtype {
-            DType::BF16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
-                }
-            }
-            DType::F16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
-            }
-            _ => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
-            }
+        let stored = self.start + row * self.row_bytes;
+        for c in &self.col_spans {
+            let at = stored + c.offset;
+            let bytes = &self.maps[self.file][at..at + c.bytes];
+            decode_into(self.encoding, bytes, &mut out[c.at..c.at + c.len]);
         }
     }
 
@@ -426,6 +606,31 @@ impl EmbeddingTable {
         let mut shape = ids.dims().to_vec();
         shape.push(self.cols);
         Tensor::from_vec(out, shape, &Device::Cpu)?.to_device(device)
+    }
+}
+
+/// Decode stored values (`encoding`) into f32.
+fn decode_into(encoding: Encoding, bytes: &[u8], out: &mut [f32]) {
+    let dtype = match encoding {
+        Encoding::Blocks(dtype) => return dequantize_into(dtype, bytes, out),
+        Encoding::Float(dtype) => dtype,
+    };
+    match dtype {
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        _ => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
     }
 }
 
@@ -548,6 +753,7 @@ fn index_file(
                 end: start + view.data().len(),
                 encoding: Encoding::Float(dtype),
                 shape: view.shape().to_vec(),
+                part: None,
             },
         );
     }

@@ -13,6 +13,7 @@ use crate::config::Gemma3nConfig;
 use crate::embedder::MultimodalEmbedder;
 use crate::kv_cache::Cache;
 use crate::loader::{Checkpoint, ProgressFn};
+use crate::matformer::{Slice, SlicePlan};
 use crate::quant::WeightFormat;
 use crate::text::{TextModel, Trace};
 use crate::vision::{Arch, VisionTower};
@@ -33,6 +34,8 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Told the fraction of the decoder's weights read so far (towers load later, on first use).
     pub progress: Option<ProgressFn>,
+    /// Load only this MatFormer slice of the model (see [`crate::matformer`]).
+    pub slice: Option<Slice>,
 }
 
 impl fmt::Debug for LoadOptions {
@@ -43,6 +46,7 @@ impl fmt::Debug for LoadOptions {
             .field("device", &self.device)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("slice", &self.slice)
             .finish()
     }
 }
@@ -55,6 +59,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             threads: None,
             progress: None,
+            slice: None,
         }
     }
 }
@@ -152,15 +157,27 @@ impl Gemma3nModel {
     /// llama.cpp GGUF file (text decoder only; its ggml blocks are kept as they are).
     pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Self> {
         opts.apply_threads()?;
-        let (cfg, mut checkpoint) = if crate::gguf::is_gguf(path) {
-            let (checkpoint, cfg) = crate::gguf::open(path)?;
-            (Gemma3nConfig::from_json(&cfg.to_string())?, checkpoint)
+        let (json, checkpoint) = if crate::gguf::is_gguf(path) {
+            let (checkpoint, json) = crate::gguf::open(path)?;
+            (json, checkpoint)
         } else {
-            let cfg = Gemma3nConfig::from_file(&path.join("config.json"))?;
+            let json = Gemma3nConfig::read_json(&path.join("config.json"))?;
             let checkpoint = Checkpoint::open(path)?;
             // Before any weight is read: the towers are otherwise only read on first use.
-            crate::expected::check_towers(&cfg, &checkpoint)?;
-            (cfg, checkpoint)
+            crate::expected::check_towers(&Gemma3nConfig::from_value(json.clone())?, &checkpoint)?;
+            (json, checkpoint)
+        };
+        let (cfg, mut checkpoint) = match &opts.slice {
+            None => (Gemma3nConfig::from_value(json)?, checkpoint),
+            Some(slice) => {
+                let full = Gemma3nConfig::from_value(json.clone())?;
+                let plan = SlicePlan::new(&full.text_config, slice)?;
+                let sliced = plan.sliced_config(&full.text_config, json)?;
+                (
+                    Gemma3nConfig::from_value(sliced)?,
+                    checkpoint.sliced(&plan)?,
+                )
+            }
         };
         if let Some(report) = &opts.progress {
             // Everything the decoder and embedders read whole; the per-layer table is gathered.
