@@ -11,7 +11,8 @@ with its E4B constants taken from the config instead (the first KV-shared layer,
 and with ``layer_types`` filtered like the other per-layer lists (the notebook leaves it as it is,
 which is only right when the skipped layers are whole blocks at the end of the pattern).
 
-Writes ``<out>/M/``: ``model/`` (the full checkpoint, as make_reference.py writes one),
+Writes ``<out>/M/``: ``model/`` (the full checkpoint, as make_reference.py writes one, plus
+``slicing-configs.csv``: SLICES in the layout of Google's table, for the app to offer),
 ``golden.safetensors`` and ``golden.json``.  For the full model and every slice in SLICES:
 ``<s>.input_ids``, ``<s>.logits`` (the prompt's logits from the cached path generate() uses),
 ``<s>.generated_ids`` / ``<s>.generated_step_logits`` (greedy with a cache) and
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import hashlib
 import json
 import re
@@ -150,6 +152,9 @@ def run(model_dir: Path, key: str, G: dict, meta: dict) -> None:
     del m64
     tc = model.config.text_config
     meta[key] = dict(
+        # What the published table calls effective parameters: the decoder without its two
+        # embedding tables (the notebook counts them this way too).
+        effective_params=int(lm.num_parameters(exclude_embeddings=True)),
         fp32_vs_fp64_logits_max_abs_diff=float((l64 - out.logits.double()).abs().max()),
         generated_ids=toks,
         min_top1_top2_margin=min(margins),
@@ -185,6 +190,14 @@ def main() -> int:
             slice_checkpoint(mdir, sdir, s["skip"], s["ffn"])
             run(sdir, name, G, meta["runs"])
             meta["slices"][name] = dict(skip_layers=s["skip"], ffn_dims=s["ffn"], tensors=digests(sdir))
+    # The model's own table of slices, in the layout of Google's configs.csv, which the app offers
+    # in place of Google's (whose E4B rows do not fit this model).
+    with open(mdir / "slicing-configs.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["name", "# Layers", "# Effective Params (B)", "MMLU PT accuracy", "FFN Hidden Dims", "Layers Skipped"])
+        for name, s in SLICES.items():
+            run_ = meta["runs"][name]
+            w.writerow([name, run_["num_hidden_layers"], f"{run_['effective_params'] / 1e9:.6f}", "n/a", str(s["ffn"]), str(s["skip"]) if s["skip"] else ""])
     save_file({k: v.contiguous() for k, v in sorted(G.items())}, str(vdir / "golden.safetensors"))
     (vdir / "golden.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     for key, r in meta["runs"].items():

@@ -130,6 +130,110 @@ fn short_id(name: &str) -> String {
     }
 }
 
+/// A table of slices a model folder may carry, in the published table's layout; it replaces
+/// Google's for that model (a fine-tuned MatFormer, or a test checkpoint).
+pub const FOLDER_TABLE: &str = "slicing-configs.csv";
+
+/// The slices offered for the model in `dir` (`cfg` is its config): those of its own table, or
+/// else of Google's, that fit it.
+pub fn offered(dir: &Path, cfg: &TextConfig) -> Result<Vec<PublishedSlice>> {
+    let own = dir.join(FOLDER_TABLE);
+    let table = if own.is_file() {
+        let text = std::fs::read_to_string(&own)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", own.display())))?;
+        parse_table(&text)?
+    } else {
+        published().to_vec()
+    };
+    Ok(table
+        .into_iter()
+        .filter(|p| SlicePlan::new(cfg, &p.slice).is_ok())
+        .collect())
+}
+
+/// A slice offered for the model in `dir` by its short id or full name.
+pub fn find_for(dir: &Path, cfg: &TextConfig, name: &str) -> Result<Slice> {
+    let offered = offered(dir, cfg)?;
+    let name = name.trim();
+    offered
+        .iter()
+        .find(|p| p.id.eq_ignore_ascii_case(name) || p.name.eq_ignore_ascii_case(name))
+        .map(|p| p.slice.clone())
+        .ok_or_else(|| {
+            let ids: Vec<&str> = offered.iter().map(|p| p.id.as_str()).collect();
+            Error::Config(format!(
+                "{name:?} is not a slice of this model; it offers {}",
+                if ids.is_empty() {
+                    "none".to_string()
+                } else {
+                    ids.join(", ")
+                }
+            ))
+        })
+}
+
+/// How big a model (or a slice of it) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Size {
+    pub layers: usize,
+    /// Parameters without the two embedding tables, as the published table counts them (the
+    /// unused key/value weights of KV-shared layers included, as in the checkpoints).
+    pub effective_params: u64,
+    /// Weights of the decoder's matrices that each decoded token reads (the LM head apart).
+    pub matrix_params: u64,
+    /// The tied LM head, `vocab × hidden`.
+    pub head_params: u64,
+}
+
+impl Size {
+    /// The size of the model `cfg` describes, cut by `plan` when given.
+    pub fn of(cfg: &TextConfig, plan: Option<&SlicePlan>) -> Self {
+        let (kept, widths, shared): (Vec<usize>, Vec<usize>, usize) = match plan {
+            Some(p) => (p.kept.clone(), p.ffn_dims.clone(), p.num_kv_shared_layers),
+            None => (
+                (0..cfg.num_hidden_layers).collect(),
+                cfg.intermediate_sizes(),
+                cfg.num_kv_shared_layers,
+            ),
+        };
+        let (d, p, n) = (
+            cfg.hidden_size as u64,
+            cfg.hidden_size_per_layer_input as u64,
+            cfg.altup_num_inputs as u64,
+        );
+        let (q, kv) = (
+            (cfg.num_attention_heads * cfg.head_dim) as u64,
+            (cfg.num_key_value_heads * cfg.head_dim) as u64,
+        );
+        let layers = kept.len() as u64;
+        let owning = layers - shared as u64;
+        let matrices_but_kv =
+            |w: u64| 2 * d * q + 3 * d * w + 2 * d * cfg.laurel_rank as u64 + 2 * d * p;
+        let ffn: u64 = widths.iter().map(|&w| w as u64).sum();
+        let per_layer_fixed = matrices_but_kv(0)
+            + 2 * cfg.head_dim as u64 // q_norm, k_norm
+            + 7 * d // four block norms, LAuReL's and the per-layer input's, AltUp's output scale
+            + n * n + n * n * n + d * n + d; // AltUp's coefficients, router and its norm
+        let global = layers * p * d + p + 2 * (n - 1) * d * d + d;
+        Self {
+            layers: kept.len(),
+            effective_params: layers * (per_layer_fixed + 2 * d * kv) + 3 * d * ffn + global,
+            matrix_params: layers * matrices_but_kv(0)
+                + 3 * d * ffn
+                + owning * 2 * d * kv
+                + layers * p * d
+                + 2 * (n - 1) * d * d,
+            head_params: cfg.vocab_size as u64 * d,
+        }
+    }
+
+    /// Bytes of weights one decoded token reads, with the matrices in `format`.
+    pub fn bytes_per_token(&self, format: crate::WeightFormat) -> u64 {
+        format.bytes(self.matrix_params, false) + format.bytes(self.head_params, true)
+    }
+}
+
 /// A published slice by its short id or its full name (any case).
 pub fn find(name: &str) -> Result<Slice> {
     let name = name.trim();
@@ -252,6 +356,11 @@ impl SlicePlan {
     /// The full model's index of each kept layer.
     pub fn kept_layers(&self) -> &[usize] {
         &self.kept
+    }
+
+    /// How many of the kept layers read another layer's keys and values.
+    pub fn num_kv_shared_layers(&self) -> usize {
+        self.num_kv_shared_layers
     }
 
     /// Rewrite a `text_config` object (of the model `cfg` describes) into the slice's own.
@@ -394,7 +503,8 @@ pub fn export(src: &Path, slice: &Slice, out: &Path) -> Result<Exported> {
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
-        if path.is_file() && !weights && name != "config.json" {
+        // The full model's own table of slices does not describe the slice.
+        if path.is_file() && !weights && name != "config.json" && name != FOLDER_TABLE {
             std::fs::copy(&path, out.join(name)).map_err(|e| io("copy", &path, e))?;
         }
     }
@@ -488,6 +598,95 @@ mod tests {
         assert!(table[0].slice.skip_layers.is_empty());
         let unique: BTreeSet<&str> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "short ids are unique");
+    }
+
+    /// E4B's text config (35 layers, 16384-wide feed-forward blocks, 15 KV-shared layers).
+    fn e4b() -> TextConfig {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 262400, "vocab_size_per_layer_input": 262144, "hidden_size": 2048,
+            "hidden_size_per_layer_input": 256, "intermediate_size": 16384,
+            "num_hidden_layers": 35, "num_attention_heads": 8, "num_key_value_heads": 2,
+            "head_dim": 256, "sliding_window": 512, "altup_num_inputs": 4,
+            "num_kv_shared_layers": 15, "laurel_rank": 64
+        }))
+        .unwrap()
+    }
+
+    /// The sizes computed from the config are the published ones, for every row of the table:
+    /// E2B to the parameter (the MatFormer Lab notebook prints 1,905,495,648), E4B likewise; the
+    /// published 35-layer mixes are rounded 0.01 to 0.02 B above what their checkpoints hold.
+    #[test]
+    fn computed_sizes_match_the_published_table() {
+        let cfg = e4b();
+        let full = Size::of(&cfg, None);
+        assert_eq!(full.effective_params, 3_980_491_248);
+        for p in published() {
+            let plan = SlicePlan::new(&cfg, &p.slice).unwrap();
+            let size = Size::of(&cfg, Some(&plan));
+            let billions = size.effective_params as f64 / 1e9;
+            assert!(
+                (billions - p.effective_params_b).abs() < 0.021,
+                "{}: {billions:.3} B computed, {} B published",
+                p.id,
+                p.effective_params_b
+            );
+            assert_eq!(size.layers, p.slice.ffn_dims.len());
+        }
+        let e2b = SlicePlan::new(&cfg, &find("E2B").unwrap()).unwrap();
+        assert_eq!(Size::of(&cfg, Some(&e2b)).effective_params, 1_905_495_648);
+        // A slice reads fewer bytes per token, in every format.
+        let e2b = Size::of(&cfg, Some(&e2b));
+        assert!(
+            e2b.bytes_per_token(crate::WeightFormat::Q4K)
+                < full.bytes_per_token(crate::WeightFormat::Q4K)
+        );
+    }
+
+    #[test]
+    fn e4b_plans_follow_the_notebook() {
+        let cfg = e4b();
+        let plan = SlicePlan::new(&cfg, &find("E2B").unwrap()).unwrap();
+        assert_eq!(plan.num_kv_shared_layers, 10);
+        assert_eq!(plan.kept.len(), 30);
+        assert_eq!(plan.kept[20], 25);
+        let mut json = serde_json::json!({"num_hidden_layers": 35});
+        plan.apply_to_config(&cfg, json.as_object_mut().unwrap());
+        let sparse = json["activation_sparsity_pattern"].as_array().unwrap();
+        assert_eq!(
+            sparse.iter().filter(|v| v.as_f64() == Some(0.95)).count(),
+            10
+        );
+        assert_eq!(json["num_hidden_layers"], 30);
+        // Layers 18 and 19 hold the keys and values of the shared layers.
+        for reserved in [18, 19] {
+            let slice = Slice {
+                ffn_dims: vec![8192],
+                skip_layers: vec![reserved],
+            };
+            assert!(SlicePlan::new(&cfg, &slice).is_err());
+        }
+        // Only the kept rows and columns of the feed-forward and per-layer tensors are kept.
+        let (name, part) = plan
+            .tensor(
+                "model.language_model.layers.25.mlp.down_proj.weight",
+                &[2048, 16384],
+            )
+            .unwrap();
+        assert_eq!(name, "model.language_model.layers.20.mlp.down_proj.weight");
+        assert_eq!(part.unwrap().cols, vec![0..8192]);
+        assert!(plan
+            .tensor(
+                "model.language_model.layers.22.mlp.up_proj.weight",
+                &[16384, 2048]
+            )
+            .is_none());
+        let (_, part) = plan
+            .tensor(
+                "model.language_model.embed_tokens_per_layer.weight",
+                &[262144, 8960],
+            )
+            .unwrap();
+        assert_eq!(part.unwrap().cols, vec![0..5120, 6400..8960]);
     }
 
     #[test]

@@ -47,6 +47,12 @@ fn matches_reference(model: &Gemma3nModel, key: &str) {
     let sparsity: Vec<f64> =
         serde_json::from_value(run["activation_sparsity_pattern"].clone()).unwrap();
     assert_eq!(t.activation_sparsity(), sparsity, "{key}: sparsity");
+    // The size the app shows is what transformers counts.
+    assert_eq!(
+        effective_params_without_unused_kv(t, None),
+        run["effective_params"],
+        "{key}: parameters"
+    );
 
     let golden = Golden::open("M");
     let input = ids_tensor(&golden.ids(&format!("{key}.input_ids")));
@@ -146,6 +152,30 @@ fn exported_slices_match_the_reference_procedure() {
     }
 }
 
+/// The folder's own table is offered (Google's E4B rows do not fit this model), and the sizes
+/// computed for its slices are transformers' counts.
+#[test]
+fn the_folder_table_is_offered_with_its_sizes() {
+    let dir = model_dir("M");
+    let cfg = gemma3n::Gemma3nConfig::from_file(&dir.join("config.json")).unwrap();
+    let offered = matformer::offered(&dir, &cfg.text_config).unwrap();
+    let ids: Vec<&str> = offered.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["narrow", "skip", "e2b_like"]);
+    for p in &offered {
+        let plan = gemma3n::SlicePlan::new(&cfg.text_config, &p.slice).unwrap();
+        assert_eq!(
+            effective_params_without_unused_kv(&cfg.text_config, Some(&plan)),
+            description()["runs"][&p.id]["effective_params"],
+            "{}",
+            p.id
+        );
+    }
+    let err = matformer::find_for(&dir, &cfg.text_config, "E2B")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("narrow, skip, e2b_like"), "{err}");
+}
+
 #[test]
 fn export_refuses_a_folder_that_is_not_empty() {
     let out = tempdir("busy");
@@ -202,6 +232,20 @@ fn slices_that_break_the_model_are_refused() {
         err.contains("15 layers") && err.contains("layer 15"),
         "{err}"
     );
+}
+
+/// The published table (and transformers 4.53, which the MatFormer Lab notebook ran) count the
+/// KV-shared layers' unused key/value weights, as the checkpoints hold them; transformers 5 builds
+/// no such parameters, so its count is that much smaller.
+fn effective_params_without_unused_kv(
+    cfg: &gemma3n::TextConfig,
+    plan: Option<&gemma3n::SlicePlan>,
+) -> u64 {
+    let size = matformer::Size::of(cfg, plan);
+    let shared = plan.map_or(cfg.num_kv_shared_layers, |p| p.num_kv_shared_layers());
+    let unused =
+        (2 * cfg.hidden_size * cfg.num_key_value_heads * cfg.head_dim + cfg.head_dim) as u64;
+    size.effective_params - shared as u64 * unused
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {

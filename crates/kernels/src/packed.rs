@@ -72,6 +72,22 @@ impl fmt::Display for UnknownWeightFormat {
 
 impl std::error::Error for UnknownWeightFormat {}
 
+impl WeightFormat {
+    /// Bytes that `elements` weights take in this format, as [`pack`] stores them (`output`:
+    /// the LM head's recipe); `Dense` holds f32.
+    pub fn bytes(self, elements: u64, output: bool) -> u64 {
+        let per_block = |block: u64, size: usize| elements.div_ceil(block) * size as u64;
+        match self {
+            Self::Dense => elements * 4,
+            Self::Bf16 => elements * 2,
+            Self::Q8_0 => per_block(32, std::mem::size_of::<BlockQ8_0>()),
+            Self::Q4K if output => per_block(256, std::mem::size_of::<BlockQ6K>()),
+            Self::Q4K => per_block(256, std::mem::size_of::<BlockQ4K>()),
+            Self::Q4_0 => per_block(32, std::mem::size_of::<BlockQ4_0>()),
+        }
+    }
+}
+
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
