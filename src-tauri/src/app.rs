@@ -84,15 +84,19 @@ impl AppState {
 
     /// Loads `dir` on the model thread with the saved load settings.
     pub fn load_model(&self, dir: PathBuf, demo: bool) -> AppResult<()> {
-        let options = self.load_settings().to_options()?;
+        let settings = self.load_settings();
+        let options = settings.to_options()?;
+        let path = dir.display().to_string();
+        let size = settings.sizes.get(&path).cloned();
         self.worker.load(
-            dir.display().to_string(),
+            path,
             Box::new(move |progress| {
                 let options = LoadOptions {
                     progress: Some(progress),
                     ..options
                 };
-                Ok(Box::new(ModelBackend::load(&dir, demo, &options)?) as Box<dyn ChatBackend>)
+                let backend = ModelBackend::load(&dir, demo, &options, size.as_deref())?;
+                Ok(Box::new(backend) as Box<dyn ChatBackend>)
             }),
         )
     }

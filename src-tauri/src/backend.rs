@@ -83,6 +83,31 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// Where it computes, e.g. "CPU, avx2 kernels".
     pub compute: String,
+    /// The MatFormer slice loaded (its id); `None` for the whole model.
+    pub size: Option<String>,
+    /// The sizes this model can be loaded at, smallest first and the whole model last; empty
+    /// when it nests no smaller model.
+    pub sizes: Vec<SizeChoice>,
+}
+
+/// One size a MatFormer model (E4B) can be loaded at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SizeChoice {
+    /// The slice's id (`E2.98B-layer`); `None` for the whole model.
+    pub id: Option<String>,
+    pub layers: usize,
+    /// Parameters without the embedding tables, as the published slice table counts them.
+    pub effective_params: u64,
+    /// Bytes of weights each decoded token reads, which stay in memory, per weight format.
+    pub weight_bytes: Vec<FormatBytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FormatBytes {
+    pub weights: String,
+    pub bytes: u64,
 }
 
 pub trait ChatBackend: Send {
@@ -140,6 +165,8 @@ pub mod scripted {
                 defaults: SamplingParams::default(),
                 context_length: 4096,
                 compute: "CPU, baseline kernels".to_string(),
+                size: None,
+                sizes: Vec::new(),
             }
         }
 

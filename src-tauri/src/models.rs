@@ -1,5 +1,6 @@
 //! The models the app offers to download, the Hugging Face token, and the download itself.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -368,7 +369,8 @@ impl Downloads {
     }
 }
 
-/// Weight format and threads for the next model load (the CLI's `--quant` and `--threads`).
+/// Weight format, threads and model sizes for the next model load (the CLI's `--quant`,
+/// `--threads` and `--slice`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadSettings {
@@ -376,6 +378,9 @@ pub struct LoadSettings {
     pub weights: String,
     /// `None`: one per core.
     pub threads: Option<usize>,
+    /// The MatFormer slice chosen for a model, by its path; a model not listed loads whole.
+    #[serde(default)]
+    pub sizes: BTreeMap<String, String>,
 }
 
 impl Default for LoadSettings {
@@ -383,6 +388,7 @@ impl Default for LoadSettings {
         Self {
             weights: "f32".into(),
             threads: None,
+            sizes: BTreeMap::new(),
         }
     }
 }

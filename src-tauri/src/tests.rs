@@ -863,9 +863,10 @@ fn load_settings_are_checked_saved_and_used_for_the_next_load() {
     )
     .unwrap();
     let overview = invoke(&w, "models_overview", json!({})).unwrap();
+    // Settings saved before model sizes existed read as "every model whole".
     assert_eq!(
         overview["loadSettings"],
-        json!({"weights": "q4k", "threads": 2})
+        json!({"weights": "q4k", "threads": 2, "sizes": {}})
     );
     let options = app
         .state::<AppState>()

@@ -53,7 +53,7 @@ const control: MockControl = {
     freeBytes: 12_000_000_000,
     token: { saved: false, keychain: false, message: 'No OS keychain is available (no D-Bus session), so the token is kept for this session only.' },
     downloading: null,
-    loadSettings: { weights: 'f32', threads: null },
+    loadSettings: { weights: 'f32', threads: null, sizes: {} },
   },
   downloadFails: false,
   loadStopsAt: null,
@@ -114,7 +114,7 @@ async function stream(c: Conversation, channel: { id: number }): Promise<void> {
   return Promise.resolve();
 }
 
-let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults, contextLength: 4096, compute: 'CPU, avx2 kernels' } };
+let modelStatus: ModelStatus = { state: 'ready', model: { name: 'Demo model — replies are noise', path: '/demo', demo: true, defaults, contextLength: 4096, compute: 'CPU, avx2 kernels', size: null, sizes: [] } };
 
 /** As on the model thread: every status change is announced. */
 async function setModelStatus(status: ModelStatus): Promise<void> {
@@ -127,7 +127,7 @@ async function loadModel(path: string): Promise<void> {
   await setModelStatus({ state: 'loading', path, progress: 0 });
   if (control.loadStopsAt != null) return setModelStatus({ state: 'loading', path, progress: control.loadStopsAt });
   const repo = /models--(.+?)\/snapshots\//.exec(path)?.[1].replace('--', '/');
-  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults, contextLength: 4096, compute: 'CPU, avx2 kernels' } });
+  await setModelStatus({ state: 'ready', model: { name: repo ?? path.split('/').pop()!, path, demo: false, defaults, contextLength: 4096, compute: 'CPU, avx2 kernels', size: null, sizes: [] } });
 }
 
 /** As the backend reports it: serving when on, unless the port is taken. */

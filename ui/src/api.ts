@@ -18,6 +18,20 @@ export interface ModelInfo {
   contextLength: number;
   /** Where the model computes, e.g. "CPU, avx2 kernels". */
   compute: string;
+  /** The MatFormer slice loaded (its id); null for the whole model. */
+  size: string | null;
+  /** The sizes the model can be loaded at, smallest first, the whole model last; empty when none. */
+  sizes: SizeChoice[];
+}
+
+/** One size a MatFormer model (E4B) can be loaded at. */
+export interface SizeChoice {
+  /** The slice's id, e.g. "E2.98B-layer"; null for the whole model. */
+  id: string | null;
+  layers: number;
+  effectiveParams: number;
+  /** Weight bytes each decoded token reads (and that stay in memory), per weight format. */
+  weightBytes: { weights: WeightFormat; bytes: number }[];
 }
 
 export type ModelStatus =
@@ -104,6 +118,8 @@ export type WeightFormat = 'f32' | 'bf16' | 'q8_0' | 'q4k';
 export interface LoadSettings {
   weights: WeightFormat;
   threads: number | null;
+  /** The slice chosen per model path; a model not listed loads whole. */
+  sizes: Record<string, string>;
 }
 
 export interface ModelsOverview {

@@ -1,6 +1,6 @@
 // The conversation view: the chat list in the sidebar, the open chat's messages, and the reply
 // streaming into it.
-import { api, type Attachment, type Conversation, type ConversationSummary, type StoredMessage, type StreamEvent } from './api';
+import { api, type Attachment, type Conversation, type ConversationSummary, type ReplyStats, type StoredMessage, type StreamEvent } from './api';
 import { type Alerts, ask, button, h } from './dom';
 import { formatStats, statusNote } from './format';
 import { renderInto } from './markdown';
@@ -12,6 +12,8 @@ export interface ConversationHooks {
   onGenerating(on: boolean): void;
   /** Another conversation (or a new state of this one) is on screen. */
   onShown(): void;
+  /** A reply finished, with its speed. */
+  onReplyDone(stats: ReplyStats): void;
 }
 
 type StartReply = (onEvent: (e: StreamEvent) => void) => Promise<{ replyId: number }>;
@@ -236,6 +238,7 @@ export class ConversationView {
     this.streaming = null;
     this.setGenerating(false);
     if (this.currentChat?.id === conversationId) void this.open(conversationId);
+    if (e.event === 'done') this.hooks.onReplyDone(e.stats);
     if (e.event === 'error') this.hooks.alerts.error(e.error);
   }
 

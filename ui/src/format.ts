@@ -12,6 +12,13 @@ export function formatStats(stats: ReplyStats): string {
   return parts.join(' · ');
 }
 
+/** A parameter count as the slice table writes it: 3.98 B, 155 K. */
+export function formatParams(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} M`;
+  return `${Math.round(n / 1e3)} K`;
+}
+
 export function statusNote(status: Status): string | null {
   switch (status) {
     case 'interrupted':

@@ -17,6 +17,7 @@ async function start(root: HTMLElement): Promise<void> {
     alerts,
     onGenerating: (on) => composer.setGenerating(on),
     onShown: () => settings.refresh(),
+    onReplyDone: (stats) => models.noteReplySpeed(stats),
   });
   const composer = new Composer({
     alerts,

@@ -1,9 +1,9 @@
 // The model: its badge in the top bar, and the Models panel (download, token, local folder,
 // load settings).
 import { listen } from '@tauri-apps/api/event';
-import { api, type DownloadEvent, type DownloadProgress, type LoadSettings, type ModelChoice, type ModelsOverview, type ModelStatus, type Sampling } from './api';
+import { api, type DownloadEvent, type DownloadProgress, type LoadSettings, type ModelChoice, type ModelInfo, type ModelsOverview, type ModelStatus, type ReplyStats, type Sampling, type SizeChoice } from './api';
 import { type Alerts, button, h } from './dom';
-import { formatBytes, formatDownload } from './format';
+import { formatBytes, formatDownload, formatParams } from './format';
 
 export interface ModelsHooks {
   alerts: Alerts;
@@ -16,6 +16,8 @@ export class ModelsView {
   private overview: ModelsOverview | null = null;
   /** The download this window started: its model and last progress. */
   private download: { id: string; progress: DownloadProgress | null } | null = null;
+  /** Decode speed of the last reply from the model as loaded now (tokens/s). */
+  private decodeSpeed: number | null = null;
 
   readonly badge = h('span', { class: 'model-badge', role: 'status' });
   readonly el = h('section', { class: 'settings models', 'aria-label': 'Models', hidden: '' });
@@ -71,7 +73,9 @@ export class ModelsView {
       this.badge.textContent = `Loading model… ${Math.floor(status.progress * 100)}%`;
       this.badge.classList.add('loading');
     } else if (status.state === 'ready') {
-      this.badge.textContent = status.model.demo ? 'Demo model — replies are noise' : status.model.name;
+      const name = status.model.demo ? 'Demo model — replies are noise' : status.model.name;
+      this.badge.textContent = status.model.size ? `${name} · ${status.model.size}` : name;
+      this.decodeSpeed = null;
       this.badge.title = `${status.model.path}\n${status.model.compute}`;
       if (status.model.demo) this.badge.classList.add('demo');
     } else {
@@ -81,6 +85,57 @@ export class ModelsView {
     }
     this.hooks.onStatus(status);
     if (!this.el.hidden && status.state !== 'loading') void this.refresh();
+  }
+
+  /** A reply's speed, from which the other sizes' speeds are estimated. */
+  noteReplySpeed(stats: ReplyStats): void {
+    if (stats.generatedTokens > 1 && stats.tokensPerSecond > 0) this.decodeSpeed = stats.tokensPerSecond;
+  }
+
+  /** Remember `choice` for the loaded model and reload it at that size. */
+  private async loadSize(model: ModelInfo, choice: SizeChoice): Promise<void> {
+    const o = this.overview;
+    if (!o) return;
+    const sizes = { ...o.loadSettings.sizes };
+    if (choice.id) sizes[model.path] = choice.id;
+    else delete sizes[model.path];
+    const settings: LoadSettings = { ...o.loadSettings, sizes };
+    try {
+      await api.setLoadSettings(settings);
+      o.loadSettings = settings;
+      await this.openModel(model.path);
+    } catch (e) {
+      this.hooks.alerts.error(e);
+    }
+  }
+
+  /** The size slider of a MatFormer model: one stop per slice, the whole model last. */
+  private sizePicker(model: ModelInfo, weights: LoadSettings['weights']): HTMLElement[] {
+    const sizes = model.sizes;
+    if (sizes.length === 0) return [];
+    const loaded = Math.max(0, sizes.findIndex((c) => c.id === model.size));
+    const slider = h('input', { type: 'range', min: '0', max: String(sizes.length - 1), step: '1', 'aria-label': 'Model size' });
+    slider.value = String(loaded);
+    const detail = h('p', { class: 'hint size-detail', role: 'status' });
+    const bytes = (c: SizeChoice) => c.weightBytes.find((b) => b.weights === weights)?.bytes ?? 0;
+    const describe = () => {
+      const c = sizes[Number(slider.value)];
+      const memory = c.weightBytes.map((b) => `${b.weights} ${formatBytes(b.bytes)}`).join(' · ');
+      // Decoding reads every weight once per token, so its speed follows the bytes read.
+      const ratio = bytes(sizes[loaded]) / Math.max(1, bytes(c));
+      const speed = this.decodeSpeed == null
+        ? `decodes about ${ratio.toFixed(2)}× as fast as the loaded size`
+        : `decodes at about ${(this.decodeSpeed * ratio).toFixed(1)} tokens/s`;
+      const name = c.id ?? 'Whole model';
+      detail.textContent = `${name}${c === sizes[loaded] ? ' (loaded)' : ''}: ${c.layers} layers, ${formatParams(c.effectiveParams)} effective parameters; weights ${memory}; in ${weights} it ${speed}.`;
+    };
+    slider.addEventListener('input', describe);
+    describe();
+    return [
+      h('label', { class: 'size-picker' }, h('span', { text: 'Model size (MatFormer: smaller sizes nested in this model)' }), slider),
+      detail,
+      h('div', { class: 'actions' }, button('Load the chosen model size', 'Load this size', () => void this.loadSize(model, sizes[Number(slider.value)]))),
+    ];
   }
 
   private async refresh(): Promise<void> {
@@ -209,7 +264,7 @@ export class ModelsView {
     const threads = h('input', { type: 'number', min: '1', step: '1', 'aria-label': 'Threads', placeholder: 'one per core' });
     threads.value = o.loadSettings.threads == null ? '' : String(o.loadSettings.threads);
     const saveLoad = async (reload: boolean) => {
-      const settings: LoadSettings = { weights: weights.value as LoadSettings['weights'], threads: threads.value.trim() === '' ? null : Number(threads.value) };
+      const settings: LoadSettings = { ...o.loadSettings, weights: weights.value as LoadSettings['weights'], threads: threads.value.trim() === '' ? null : Number(threads.value) };
       try {
         await api.setLoadSettings(settings);
         if (this.overview) this.overview.loadSettings = settings;
@@ -235,7 +290,8 @@ export class ModelsView {
         button('Open the typed model folder', 'Open', () => void this.openModel(folder.value.trim()))),
       h('h2', { text: 'Loading' }),
       ...(this.model.state === 'ready'
-        ? [h('p', { class: 'hint model-details', text: `Loaded: ${this.model.model.name} — ${this.model.model.contextLength.toLocaleString()} tokens of context, running on ${this.model.model.compute}.` })]
+        ? [h('p', { class: 'hint model-details', text: `Loaded: ${this.model.model.name}${this.model.model.size ? ` at size ${this.model.model.size}` : ''} — ${this.model.model.contextLength.toLocaleString()} tokens of context, running on ${this.model.model.compute}.` }),
+          ...this.sizePicker(this.model.model, o.loadSettings.weights)]
         : []),
       h('div', { class: 'grid' }, h('label', {}, h('span', { text: 'Weight format' }), weights), h('label', {}, h('span', { text: 'Threads' }), threads)),
       h('div', { class: 'actions' },

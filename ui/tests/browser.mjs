@@ -276,7 +276,7 @@ test('first run offers the models; a download shows progress, cancels, fails cle
   await models.getByRole('spinbutton', { name: 'Threads' }).fill('2');
   await models.getByRole('button', { name: 'Save load settings' }).click();
   const calls = await page.evaluate(() => window.__mock.calls.filter((c) => ['save_token', 'set_load_settings'].includes(c.cmd)).map((c) => c.args));
-  assert.deepEqual(calls, [{ token: 'hf_secret' }, { settings: { weights: 'q4k', threads: 2 } }]);
+  assert.deepEqual(calls, [{ token: 'hf_secret' }, { settings: { weights: 'q4k', threads: 2, sizes: {} } }]);
   await page.evaluate(() => { window.__mock.loadStopsAt = 0.42; });
   await models.getByRole('button', { name: 'Reload model with these settings' }).click();
   await page.getByRole('status').getByText('Loading model… 42%').waitFor();

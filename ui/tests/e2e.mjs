@@ -387,3 +387,33 @@ e2e('a model downloads from the Hub with progress, then loads and answers', asyn
     hub.close();
   }
 });
+
+e2e('an E4B-like model offers its nested sizes: one is chosen, the model reloads at it and answers', async () => {
+  // Fixture M is a tiny MatFormer with its own table of slices (tests/reference/make_matformer.py).
+  const models = await $('section[aria-label="Models"]');
+  if (!(await models.isDisplayed())) await (await $('button[aria-label="Models"]')).click();
+  await (await $('input[aria-label="Model folder"]')).setValue(join(root, 'tests/fixtures/M/model'));
+  await (await $('button[aria-label="Open the typed model folder"]')).click();
+  await waitText('.model-badge', /^model$/, 120000);
+  await waitText('.size-detail', /^Whole model \(loaded\): 15 layers, 363 K effective parameters; weights q4k .+; in f32 it decodes about 1\.00× as fast/);
+  // Sizes go smallest first: e2b_like (10 layers), skip (11), narrow (15, narrower), whole.
+  await app.execute(() => {
+    const slider = document.querySelector('input[aria-label="Model size"]');
+    slider.value = '1';
+    slider.dispatchEvent(new Event('input', { bubbles: true }));
+  });
+  await waitText('.size-detail', /^skip: 11 layers, 220 K effective parameters; .+ decodes about 1\.\d\d× as fast/);
+  await shot('model-size-chosen');
+  await (await $('button[aria-label="Load the chosen model size"]')).click();
+  await waitText('.model-badge', /^model · skip$/, 120000);
+  await waitText('section[aria-label="Models"]', /Loaded: model at size skip/);
+  await waitText('.size-detail', /^skip \(loaded\): 11 layers/);
+  assert.match(appLogTail(200), /model "model" ready in/);
+  await (await $('button[aria-label="New chat"]')).click();
+  await type('Hello, smaller model');
+  const before = await replyCount();
+  await (await $('button[aria-label="Send"]')).click();
+  await waitReplyEnded(before + 1);
+  await waitText(lastReply, /tokens\/s/);
+  await shot('sliced-model-reply');
+});

@@ -432,6 +432,12 @@ fn bench(args: BenchArgs) -> Result<()> {
     );
     println!("peak RSS       {}", mb(report.peak_rss_mb));
     println!("KV cache       {:.1} MiB", report.kv_cache_mb);
+    println!(
+        "size           {} layers, {:.2} B effective parameters, {:.0} MiB of weights per token",
+        report.layers,
+        report.effective_params as f64 / 1e9,
+        report.weight_bytes_per_token as f64 / (1 << 20) as f64
+    );
     if let Some(ms) = report.image_encode_ms {
         println!("image tower    {ms:.1} ms per image");
     }

@@ -395,6 +395,8 @@ fn bench_json_reports_speed_memory_and_tower_times() {
             "kv_cache_mb",
             "image_encode_ms",
             "audio_encode_ms",
+            "effective_params",
+            "weight_bytes_per_token",
         ] {
             assert!(
                 report[key].as_f64().is_some_and(|v| v > 0.0),

@@ -54,6 +54,12 @@ pub struct BenchReport {
     pub load_rss_mb: Option<f64>,
     /// Key/value cache held at the end of the run.
     pub kv_cache_mb: f64,
+    /// Decoder layers loaded (fewer than the checkpoint's in a MatFormer slice).
+    pub layers: usize,
+    /// Parameters without the embedding tables, as the published MatFormer table counts them.
+    pub effective_params: u64,
+    /// Weight bytes each decoded token reads, with the matrices packed as loaded (`weights`).
+    pub weight_bytes_per_token: u64,
     /// One image through the vision tower and embedder (tower already loaded), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_encode_ms: Option<f64>,
@@ -125,6 +131,7 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport> {
         None => None,
     };
 
+    let size = crate::matformer::Size::of(&model.config().text_config, None);
     Ok(BenchReport {
         // A GGUF file's quantized matrices stay as stored; `weights` covers its f32 ones.
         weights: if crate::gguf::is_gguf(dir) {
@@ -143,6 +150,9 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchReport> {
         peak_rss_mb: rss_mb("VmHWM"),
         load_rss_mb,
         kv_cache_mb: cache.bytes() as f64 / (1 << 20) as f64,
+        layers: size.layers,
+        effective_params: size.effective_params,
+        weight_bytes_per_token: size.bytes_per_token(opts.load.weights),
         image_encode_ms,
         audio_encode_ms,
     })

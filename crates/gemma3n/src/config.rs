@@ -305,6 +305,15 @@ impl Gemma3nConfig {
         Self::from_value(Self::read_json(path)?)
     }
 
+    /// The config of the model at `path`: a folder's `config.json`, or a GGUF file's metadata.
+    pub fn of_model(path: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(path) {
+            Self::from_value(crate::gguf::open(path)?.1)
+        } else {
+            Self::from_file(&path.join("config.json"))
+        }
+    }
+
     /// `config.json` as JSON, for callers that rewrite it (a MatFormer slice).
     pub fn read_json(path: &Path) -> Result<serde_json::Value> {
         let text = std::fs::read_to_string(path)

@@ -184,3 +184,48 @@ fn converter_written_gguf_matches_the_safetensors_checkpoint() {
         1e-4,
     );
 }
+
+/// A MatFormer slice taken from a GGUF file is the slice taken from the safetensors checkpoint:
+/// skipped layers, narrowed blocks (cut between ggml blocks in the Q8_0 file) and per-layer tables.
+#[test]
+fn a_slice_of_a_gguf_file_is_the_slice_of_its_checkpoint() {
+    // Layer 0 goes; layers 1 and 2 hold the keys and values of the shared layers 3 to 5.
+    let slice = gemma3n::Slice {
+        ffn_dims: vec![64, 32, 64, 32, 64],
+        skip_layers: vec![0],
+    };
+    let sliced = |path: &std::path::Path| {
+        let opts = LoadOptions {
+            slice: Some(slice.clone()),
+            ..LoadOptions::default()
+        };
+        Gemma3nModel::load_with(path, &opts).expect("load the slice")
+    };
+    let ids = Golden::open("E").ids("text.input_ids");
+    let from_checkpoint = sliced(&model_dir("E"));
+    assert_eq!(from_checkpoint.config().text_config.num_hidden_layers, 5);
+    let expected = logits(&from_checkpoint, &ids);
+    assert_close(
+        "sliced f32 GGUF logits",
+        &logits(&sliced(&gguf("E-f32.gguf")), &ids),
+        &expected,
+        1e-4,
+    );
+    let q8 = logits(&sliced(&gguf("E-q8_0.gguf")), &ids);
+    let top = |t: &Tensor| {
+        t.argmax(candle_core::D::Minus1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+    };
+    let agree = top(&q8)
+        .eq(&top(&expected))
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(agree > 0.8, "q8_0 slice: {agree} of the top-1 tokens agree");
+}
