@@ -89,7 +89,9 @@ export class ModelsView {
 
   /** A reply's speed, from which the other sizes' speeds are estimated. */
   noteReplySpeed(stats: ReplyStats): void {
-    if (stats.generatedTokens > 1 && stats.tokensPerSecond > 0) this.decodeSpeed = stats.tokensPerSecond;
+    if (!(stats.generatedTokens > 1 && stats.tokensPerSecond > 0)) return;
+    this.decodeSpeed = stats.tokensPerSecond;
+    if (!this.el.hidden && this.model.state === 'ready' && this.model.model.sizes.length > 0) this.render();
   }
 
   /** Remember `choice` for the loaded model and reload it at that size. */

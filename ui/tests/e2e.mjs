@@ -402,7 +402,7 @@ e2e('an E4B-like model offers its nested sizes: one is chosen, the model reloads
     slider.value = '1';
     slider.dispatchEvent(new Event('input', { bubbles: true }));
   });
-  await waitText('.size-detail', /^skip: 11 layers, 220 K effective parameters; .+ decodes about 1\.\d\d× as fast/);
+  await waitText('.size-detail', /^skip: 11 layers, 238 K effective parameters; .+ decodes about 1\.\d\d× as fast/);
   await shot('model-size-chosen');
   await (await $('button[aria-label="Load the chosen model size"]')).click();
   await waitText('.model-badge', /^model · skip$/, 120000);
