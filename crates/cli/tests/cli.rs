@@ -34,7 +34,16 @@ const TEXT_MESSAGES: &str = r#"[
 
 /// `generate --json` with 20 greedy tokens: the whole stdout and the parsed JSON line.
 fn greedy_json(model: &std::path::Path, messages: &std::path::Path) -> (String, serde_json::Value) {
-    let out = gemma_chat(&[
+    greedy_json_with(model, messages, &[])
+}
+
+/// [`greedy_json`] with more options (a slice, say).
+fn greedy_json_with(
+    model: &std::path::Path,
+    messages: &std::path::Path,
+    options: &[&str],
+) -> (String, serde_json::Value) {
+    let mut args = vec![
         "generate",
         "--model",
         model.to_str().unwrap(),
@@ -45,7 +54,9 @@ fn greedy_json(model: &std::path::Path, messages: &std::path::Path) -> (String, 
         "--max-new-tokens",
         "20",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(options);
+    let out = gemma_chat(&args);
     assert_succeeded(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let report = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -568,25 +579,11 @@ fn a_sliced_checkpoint_chats_like_the_slice_taken_at_load() {
     let messages = dir.join("m.json");
     std::fs::write(&messages, TEXT_MESSAGES).unwrap();
     let (_, exported) = greedy_json(&sliced, &messages);
-    let at_load = gemma_chat(&[
-        "generate",
-        "--model",
-        full.to_str().unwrap(),
-        "--ffn-dims",
-        &dims,
-        "--skip-layers",
-        &skip,
-        "--messages",
-        messages.to_str().unwrap(),
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "20",
-        "--json",
-    ]);
-    assert_succeeded(&at_load);
-    let stdout = String::from_utf8(at_load.stdout).unwrap();
-    let at_load: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (_, at_load) = greedy_json_with(
+        &full,
+        &messages,
+        &["--ffn-dims", &dims, "--skip-layers", &skip],
+    );
     assert_eq!(exported["token_ids"], at_load["token_ids"]);
     let ids: Vec<u64> = exported["token_ids"]
         .as_array()

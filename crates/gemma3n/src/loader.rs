@@ -295,13 +295,13 @@ impl Checkpoint {
         let map = &self.maps[e.file];
         match e.part {
             None => Cow::Borrowed(&map[e.start..e.end]),
-            Some(_) => Cow::Owned(
-                e.spans()
-                    .into_iter()
-                    .flat_map(|(at, len)| &map[at..at + len])
-                    .copied()
-                    .collect(),
-            ),
+            Some(_) => {
+                let mut bytes = Vec::with_capacity(e.bytes());
+                for (at, len) in e.spans() {
+                    bytes.extend_from_slice(&map[at..at + len]);
+                }
+                Cow::Owned(bytes)
+            }
         }
     }
 
