@@ -122,7 +122,9 @@ fn damaged_files_are_clear_errors() {
 
 /// Inputs the `audio` fuzz target found (`crates/engine/tests/fuzz_inputs/audio`): a FLAC file
 /// whose Vorbis comment block runs past the end of the file, and whose first comment claims
-/// 4 GB, made symphonia allocate the 4 GB; it is refused before that.
+/// 4 GB, made symphonia allocate the 4 GB; it is refused before that.  So is a FLAC stream
+/// after 41 bytes of something else (where symphonia's probe still finds it), whose metadata
+/// made it allocate 2.2 GB.
 #[test]
 fn fuzz_found_files_are_refused_without_huge_allocations() {
     let proc = processor();
@@ -136,4 +138,7 @@ fn fuzz_found_files_are_refused_without_huge_allocations() {
         ),
         "{err}"
     );
+    let err = proc.load(&dir.join("flac-after-junk-2gb.bin")).unwrap_err();
+    assert!(matches!(err, Error::Audio { .. }), "{err:?}");
+    assert!(err.to_string().contains("damaged FLAC file: "), "{err}");
 }

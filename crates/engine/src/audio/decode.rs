@@ -1,7 +1,7 @@
 //! Decoding audio files with symphonia into one mono channel.
 
 use std::fs::File;
-use std::io::{ErrorKind, Seek, SeekFrom};
+use std::io::ErrorKind;
 use std::path::Path;
 
 use symphonia::core::audio::SampleBuffer;
@@ -50,7 +50,7 @@ pub fn decode_file(path: &Path) -> Result<Decoded, String> {
 }
 
 fn decode(path: &Path) -> Result<Decoded, String> {
-    let mut file = File::open(path).map_err(|e| format!("cannot open the file: {e}"))?;
+    let file = File::open(path).map_err(|e| format!("cannot open the file: {e}"))?;
     let len = file
         .metadata()
         .map_err(|e| format!("cannot read the file: {e}"))?
@@ -58,15 +58,12 @@ fn decode(path: &Path) -> Result<Decoded, String> {
     if len == 0 {
         return Err("the file is empty (0 bytes)".into());
     }
-    flac::check_metadata(&mut file, len)?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| format!("cannot read the file: {e}"))?;
     let stream = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
     }
-    let probed = symphonia::default::get_probe()
+    let probed = flac::probe()
         .format(
             &hint,
             stream,
@@ -78,11 +75,12 @@ fn decode(path: &Path) -> Result<Decoded, String> {
             },
             &MetadataOptions::default(),
         )
-        .map_err(|e| {
-            format!(
+        .map_err(|e| match damaged_flac(&e) {
+            Some(reason) => reason.to_string(),
+            None => format!(
                 "not a supported audio file (WAV, MP3, FLAC, OGG/Vorbis, M4A/AAC): {}",
                 describe(&e)
-            )
+            ),
         })?;
     let mut format = probed.format;
     let track = format
@@ -190,6 +188,14 @@ fn decode(path: &Path) -> Result<Decoded, String> {
         return Err(format!("sample {i} is not a finite number"));
     }
     Ok(Decoded { mono, rate })
+}
+
+/// The reason a FLAC stream failed the metadata check, when that is why the probe failed.
+fn damaged_flac(e: &SymphoniaError) -> Option<&flac::Damaged> {
+    match e {
+        SymphoniaError::IoError(io) => io.get_ref()?.downcast_ref::<flac::Damaged>(),
+        _ => None,
+    }
 }
 
 fn describe(e: &SymphoniaError) -> String {

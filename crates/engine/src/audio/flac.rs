@@ -1,28 +1,96 @@
-//! A check of a FLAC file's metadata blocks before symphonia reads them.
+//! A check of a FLAC stream's metadata blocks before symphonia reads them.
 //!
 //! symphonia 0.5 allocates the lengths a Vorbis comment or a picture block claims for its
 //! strings and image before reading them, so a few damaged bytes make it ask for up to 4 GB
 //! (found by the `audio` fuzz target).  Every length is checked here against the bytes that
-//! are actually there; a file that passes reads within its own size.
+//! are actually there; a stream that passes reads within its file's size.  Its probe finds a
+//! FLAC stream wherever its marker first appears (after an ID3v2 tag, or after other bytes), so
+//! the check runs where the probe hands the stream over: [`probe`] registers it ahead of
+//! symphonia's own FLAC reader.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::OnceLock;
+
+use symphonia::core::errors::{Error as SymphoniaError, Result as SymphoniaResult};
+use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::io::{MediaSource, MediaSourceStream};
+use symphonia::core::probe::{Descriptor, Instantiate, Probe, QueryDescriptor};
+use symphonia::default::formats::FlacReader;
 
 /// FLAC's metadata block types whose contents symphonia sizes from lengths inside them.
 const APPLICATION: u8 = 2;
 const VORBIS_COMMENT: u8 = 4;
 const PICTURE: u8 = 6;
 
-/// Refuse a FLAC stream (`fLaC`, optionally after an ID3v2 tag) whose metadata claims more
-/// bytes than the file holds; any other file, and a sound FLAC one, passes.  The file is left
-/// at an unspecified position.
-pub fn check_metadata<F: Read + Seek>(file: &mut F, len: u64) -> Result<(), String> {
-    let mut pos = skip_id3v2(file)?;
-    let mut marker = [0u8; 4];
-    file.seek(SeekFrom::Start(pos)).map_err(read_error)?;
-    if file.read_exact(&mut marker).is_err() || &marker != b"fLaC" {
-        return Ok(());
+/// symphonia's probe with every format it supports, FLAC behind [`check_stream`].
+pub fn probe() -> &'static Probe {
+    static PROBE: OnceLock<Probe> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let mut probe = Probe::default();
+        // The first registered reader whose marker matches is the one used.
+        probe.register_all::<CheckedFlac>();
+        symphonia::default::register_enabled_formats(&mut probe);
+        probe
+    })
+}
+
+/// A damaged FLAC stream, as the probe reports it (inside its I/O error).
+#[derive(Debug)]
+pub struct Damaged(pub String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    pos += 4;
+}
+
+impl std::error::Error for Damaged {}
+
+/// symphonia's FLAC reader, entered only once the metadata has passed [`check_stream`].
+struct CheckedFlac;
+
+impl QueryDescriptor for CheckedFlac {
+    fn query() -> &'static [Descriptor] {
+        &[Descriptor {
+            short_name: "flac",
+            long_name: "Free Lossless Audio Codec Native, metadata checked",
+            extensions: &["flac"],
+            mime_types: &["audio/flac"],
+            markers: &[b"fLaC"],
+            score: Self::score,
+            inst: Instantiate::Format(open_checked),
+        }]
+    }
+
+    fn score(_context: &[u8]) -> u8 {
+        255
+    }
+}
+
+fn open_checked(
+    mut source: MediaSourceStream,
+    options: &FormatOptions,
+) -> SymphoniaResult<Box<dyn FormatReader>> {
+    let start = source.stream_position()?;
+    let len = source.byte_len().unwrap_or(u64::MAX);
+    if let Err(reason) = check_stream(&mut source, start, len) {
+        let damaged = std::io::Error::new(std::io::ErrorKind::InvalidData, Damaged(reason));
+        return Err(SymphoniaError::IoError(damaged));
+    }
+    source.seek(SeekFrom::Start(start))?;
+    Ok(Box::new(FlacReader::try_new(source, options)?))
+}
+
+/// Refuse a FLAC stream starting at `start` (its `fLaC` marker) whose metadata claims more bytes
+/// than the file (`len` bytes) holds; a sound stream passes.  The stream is left at an
+/// unspecified position.
+pub fn check_stream<F: Read + Seek>(file: &mut F, start: u64, len: u64) -> Result<(), String> {
+    let mut marker = [0u8; 4];
+    file.seek(SeekFrom::Start(start)).map_err(read_error)?;
+    if file.read_exact(&mut marker).is_err() || &marker != b"fLaC" {
+        return Err(damaged("the stream does not start with its fLaC marker"));
+    }
+    let mut pos = start + 4;
     loop {
         let mut header = [0u8; 4];
         file.read_exact(&mut header)
@@ -63,20 +131,6 @@ pub fn check_metadata<F: Read + Seek>(file: &mut F, len: u64) -> Result<(), Stri
             return Ok(());
         }
     }
-}
-
-/// Where the stream starts after an ID3v2 tag (which symphonia's probe skips), or 0.
-fn skip_id3v2<F: Read + Seek>(file: &mut F) -> Result<u64, String> {
-    let mut header = [0u8; 10];
-    if file.read_exact(&mut header).is_err() || &header[..3] != b"ID3" {
-        return Ok(0);
-    }
-    // A 28-bit "syncsafe" size (7 bits a byte), then a 10-byte footer when flag bit 4 is set.
-    let size = header[6..10]
-        .iter()
-        .fold(0u64, |acc, &b| (acc << 7) | u64::from(b & 0x7f));
-    let footer = if header[5] & 0x10 != 0 { 10 } else { 0 };
-    Ok(10 + size + footer)
 }
 
 /// Lengths inside a block body, each checked against what follows it.
@@ -185,7 +239,7 @@ mod tests {
     }
 
     fn check(file: &[u8]) -> Result<(), String> {
-        check_metadata(&mut Cursor::new(file), file.len() as u64)
+        check_stream(&mut Cursor::new(file), 0, file.len() as u64)
     }
 
     fn comment_block(comment_len: u32, comment: &[u8]) -> Vec<u8> {
@@ -204,12 +258,12 @@ mod tests {
             Ok(())
         );
         assert_eq!(check(&flac_with(1, &[0u8; 100])), Ok(()));
-        assert_eq!(check(b"RIFF....WAVEfmt "), Ok(()));
-        assert_eq!(check(b"fL"), Ok(()));
-        // An ID3v2 tag of 3 bytes in front.
+        // A stream after other bytes (an ID3v2 tag of 3 bytes, here) is checked where it starts.
         let mut tagged = b"ID3\x04\x00\x00\x00\x00\x00\x03abc".to_vec();
         tagged.extend(flac_with(VORBIS_COMMENT, &comment_block(5, b"A=bcd")));
-        assert_eq!(check(&tagged), Ok(()));
+        let len = tagged.len() as u64;
+        assert_eq!(check_stream(&mut Cursor::new(&tagged), 13, len), Ok(()));
+        assert!(check_stream(&mut Cursor::new(&tagged), 0, len).is_err());
     }
 
     #[test]
