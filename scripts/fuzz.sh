@@ -35,6 +35,16 @@ input_timeout() {
   esac
 }
 
+# Scratch folders (`fuzz/src/lib.rs`) of fuzz processes that have ended; a run beside this one
+# keeps its own.
+remove_stale_scratch() {
+  local dir
+  for dir in /dev/shm/gemma-chat-fuzz-*; do
+    [ -d "$dir" ] && ! kill -0 "${dir##*-}" 2>/dev/null && rm -rf "$dir"
+  done
+  return 0
+}
+
 usage() {
   sed -n '2,8s/^# \{0,1\}//p' "$0" >&2
   exit 2
@@ -108,7 +118,7 @@ case $1 in
     for target in "${TARGETS[@]}"; do
       run_target "$target" "$seconds" || failed+=("$target")
     done
-    rm -rf /dev/shm/gemma-chat-fuzz-* 2>/dev/null || true
+    remove_stale_scratch
     if [ ${#failed[@]} -gt 0 ]; then
       echo "fuzzing found problems in: ${failed[*]}" >&2
       exit 1
@@ -124,7 +134,7 @@ case $1 in
     build "$1"
     status=0
     run_target "$1" "$2" || status=$?
-    rm -rf /dev/shm/gemma-chat-fuzz-* 2>/dev/null || true
+    remove_stale_scratch
     exit "$status"
     ;;
 esac

@@ -25,7 +25,10 @@ pub fn scratch_dir() -> &'static Path {
 
 /// Write `data` to `name` in the scratch folder and return its path.
 pub fn scratch_file(name: &str, data: &[u8]) -> PathBuf {
-    let path = scratch_dir().join(name);
+    let dir = scratch_dir();
+    // Made again if something removed it while the run goes on.
+    std::fs::create_dir_all(dir).expect("cannot create the scratch folder");
+    let path = dir.join(name);
     std::fs::write(&path, data).expect("cannot write to the scratch folder");
     path
 }
