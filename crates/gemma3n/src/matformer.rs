@@ -414,9 +414,12 @@ impl SlicePlan {
                     == shape.get(1).copied().unwrap_or(0);
             (!whole).then_some(Part { rows, cols })
         };
-        if let Some(rest) = name.strip_prefix(LAYERS) {
+        let layer = name.strip_prefix(LAYERS).and_then(|rest| {
             let (index, tail) = rest.split_once('.')?;
-            let old: usize = index.parse().ok()?;
+            Some((index.parse::<usize>().ok()?, tail))
+        });
+        if let Some((old, tail)) = layer {
+            // A skipped layer's tensors are left out.
             let new = self.kept.iter().position(|&l| l == old)?;
             let w = self.ffn_dims[new];
             let kept = match tail {
