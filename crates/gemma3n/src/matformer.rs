@@ -153,23 +153,7 @@ pub fn offered(dir: &Path, cfg: &TextConfig) -> Result<Vec<PublishedSlice>> {
 
 /// A slice offered for the model in `dir` by its short id or full name.
 pub fn find_for(dir: &Path, cfg: &TextConfig, name: &str) -> Result<Slice> {
-    let offered = offered(dir, cfg)?;
-    let name = name.trim();
-    offered
-        .iter()
-        .find(|p| p.id.eq_ignore_ascii_case(name) || p.name.eq_ignore_ascii_case(name))
-        .map(|p| p.slice.clone())
-        .ok_or_else(|| {
-            let ids: Vec<&str> = offered.iter().map(|p| p.id.as_str()).collect();
-            Error::Config(format!(
-                "{name:?} is not a slice of this model; it offers {}",
-                if ids.is_empty() {
-                    "none".to_string()
-                } else {
-                    ids.join(", ")
-                }
-            ))
-        })
+    lookup(&offered(dir, cfg)?, name, "this model offers")
 }
 
 /// How big a model (or a slice of it) is.
@@ -236,17 +220,25 @@ impl Size {
 
 /// A published slice by its short id or its full name (any case).
 pub fn find(name: &str) -> Result<Slice> {
+    lookup(published(), name, "the published ones are")
+}
+
+/// The slice `name` (short id or full name, any case) of `table`; an unknown name is refused
+/// with the ids there are.
+fn lookup(table: &[PublishedSlice], name: &str, listing: &str) -> Result<Slice> {
     let name = name.trim();
-    published()
+    table
         .iter()
         .find(|p| p.id.eq_ignore_ascii_case(name) || p.name.eq_ignore_ascii_case(name))
         .map(|p| p.slice.clone())
         .ok_or_else(|| {
-            let ids: Vec<&str> = published().iter().map(|p| p.id.as_str()).collect();
-            Error::Config(format!(
-                "unknown slice {name:?}; the published ones are {}",
+            let ids: Vec<&str> = table.iter().map(|p| p.id.as_str()).collect();
+            let ids = if ids.is_empty() {
+                "none".to_string()
+            } else {
                 ids.join(", ")
-            ))
+            };
+            Error::Config(format!("unknown slice {name:?}; {listing} {ids}"))
         })
 }
 

@@ -157,20 +157,22 @@ impl Gemma3nModel {
     /// llama.cpp GGUF file (text decoder only; its ggml blocks are kept as they are).
     pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Self> {
         opts.apply_threads()?;
-        let (json, checkpoint) = if crate::gguf::is_gguf(path) {
+        let gguf = crate::gguf::is_gguf(path);
+        let (json, checkpoint) = if gguf {
             let (checkpoint, json) = crate::gguf::open(path)?;
             (json, checkpoint)
         } else {
             let json = Gemma3nConfig::read_json(&path.join("config.json"))?;
-            let checkpoint = Checkpoint::open(path)?;
-            // Before any weight is read: the towers are otherwise only read on first use.
-            crate::expected::check_towers(&Gemma3nConfig::from_value(json.clone())?, &checkpoint)?;
-            (json, checkpoint)
+            (json, Checkpoint::open(path)?)
         };
+        let full = Gemma3nConfig::from_value(json.clone())?;
+        if !gguf {
+            // Before any weight is read: the towers are otherwise only read on first use.
+            crate::expected::check_towers(&full, &checkpoint)?;
+        }
         let (cfg, mut checkpoint) = match &opts.slice {
-            None => (Gemma3nConfig::from_value(json)?, checkpoint),
+            None => (full, checkpoint),
             Some(slice) => {
-                let full = Gemma3nConfig::from_value(json.clone())?;
                 let plan = SlicePlan::new(&full.text_config, slice)?;
                 let sliced = plan.sliced_config(&full.text_config, json)?;
                 (
