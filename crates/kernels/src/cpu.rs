@@ -129,6 +129,20 @@ pub fn set_level(level: Level) -> Result<Level, String> {
     Ok(previous)
 }
 
+/// Whether the level in use has AVX-512 VNNI too (its 8- and 16-bit dot-product instructions,
+/// on every AVX-512 CPU since Cascade Lake and Zen 4): the 512-bit integer kernels need it, and
+/// the AVX-512 level without it runs the AVX2 ones.
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static VNNI: OnceLock<bool> = OnceLock::new();
+        level() >= Level::Avx512
+            && *VNNI.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Level {
     use std::arch::is_x86_feature_detected as has;

@@ -418,12 +418,12 @@ trait Kernel: GgmlType + 'static {
 
 impl Kernel for BlockQ8_0 {
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
-        matmul_quantised(p, x, m, blocks::Q8_0::ZERO, dot::quantise_q8_0, dot::q8_0)
+        matmul_quantised(p, x, m, blocks::Q8_0::ZERO, dot::q8_0_kernels())
     }
 }
 impl Kernel for BlockQ4_0 {
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
-        matmul_quantised(p, x, m, blocks::Q8_0::ZERO, dot::quantise_q8_0, dot::q4_0)
+        matmul_quantised(p, x, m, blocks::Q8_0::ZERO, dot::q4_0_kernels())
     }
 }
 impl Kernel for BlockQ4K {
@@ -432,53 +432,49 @@ impl Kernel for BlockQ4K {
     }
 
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
-        matmul_quantised(p, x, m, blocks::Q8K::ZERO, dot::quantise_q8k, dot::q4k)
+        matmul_quantised(p, x, m, blocks::Q8K::ZERO, dot::q4k_kernels())
     }
 
     fn matmul_rows(p: &Packed<Self>, x: &[f32], m: usize) -> Option<Vec<f32>> {
-        matmul_k_rows(p, x, m, dot::q4k_rows, dot::q4k)
+        matmul_row_kernel(p, x, m, blocks::Q8K::ZERO, dot::q4k_kernels())
     }
 }
 impl Kernel for BlockQ6K {
     fn matmul_dot(p: &Packed<Self>, x: &[f32], m: usize) -> Vec<f32> {
-        matmul_quantised(p, x, m, blocks::Q8K::ZERO, dot::quantise_q8k, dot::q6k)
+        matmul_quantised(p, x, m, blocks::Q8K::ZERO, dot::q6k_kernels())
     }
 
     fn matmul_rows(p: &Packed<Self>, x: &[f32], m: usize) -> Option<Vec<f32>> {
-        matmul_k_rows(p, x, m, dot::q6k_rows, dot::q6k)
+        matmul_row_kernel(p, x, m, blocks::Q8K::ZERO, dot::q6k_kernels())
     }
 }
 
-/// The many-rows product of a k-quant on its row kernel (`rows`, [`dot::ROWS`] activation rows
-/// at a time, `single` for the rest); `None` where the level has no row kernel.
-fn matmul_k_rows<T, W>(
+/// The many-rows product on the format's row kernel (a group of activation rows at a time, the
+/// one-row dot product for the rest); `None` where the level has no row kernel.
+fn matmul_row_kernel<T, W, A>(
     p: &Packed<T>,
     x: &[f32],
     m: usize,
-    rows: dot::RowKernel<W>,
-    single: fn(&[W], &[blocks::Q8K]) -> f32,
+    zero: A,
+    kernels: dot::Kernels<W, A>,
 ) -> Option<Vec<f32>>
 where
     T: Kernel + SameLayout<W>,
+    A: Copy + Send + Sync,
 {
-    if !dot::has_row_kernels() {
-        return None;
-    }
+    let group = kernels.row_group()?;
     let per_row = p.cols / T::BLCK_SIZE;
-    let xq = quantised(x, p.cols, per_row, blocks::Q8K::ZERO, dot::quantise_q8k);
+    let xq = quantised(x, p.cols, per_row, zero, &kernels);
     let blocks = p.blocks.as_slice();
     let act = |i: usize| &xq[i * per_row..][..per_row];
-    Some(tiled_groups(m, p.rows, dot::ROWS, |i0, r, out| {
+    Some(tiled_groups(m, p.rows, group, |i0, r, out| {
         let w = blocks::view(&blocks[r * per_row..][..per_row]);
-        let all = (out.len() == dot::ROWS)
-            .then(|| rows(w, std::array::from_fn(|g| act(i0 + g))))
-            .flatten();
-        match all {
-            Some(all) => out.copy_from_slice(&all),
-            None => {
-                for (g, o) in out.iter_mut().enumerate() {
-                    *o = single(w, act(i0 + g));
-                }
+        if out.len() == group {
+            let rows: [&[A]; dot::MAX_ROWS] = std::array::from_fn(|g| act(i0 + g.min(group - 1)));
+            kernels.rows(w, &rows[..group], out);
+        } else {
+            for (g, o) in out.iter_mut().enumerate() {
+                *o = kernels.dot(w, act(i0 + g));
             }
         }
     }))
@@ -529,39 +525,38 @@ impl Kernel for bf16 {
     }
 }
 
-/// The few-rows product on one of [`dot`]'s kernels: the activations quantised to the
-/// companion blocks `A` (`quantise`), then `dot` of the weight blocks, read as `W`, with them.
+/// The few-rows product on one of [`dot`]'s kernels: the activations quantised to its
+/// companion blocks `A`, then its dot product of the weight blocks, read as `W`, with them.
 fn matmul_quantised<T, W, A>(
     p: &Packed<T>,
     x: &[f32],
     m: usize,
     zero: A,
-    quantise: fn(&[f32], &mut [A]),
-    dot: fn(&[W], &[A]) -> f32,
+    kernels: dot::Kernels<W, A>,
 ) -> Vec<f32>
 where
     T: Kernel + SameLayout<W>,
     A: Copy + Send + Sync,
 {
     let per_row = p.cols / T::BLCK_SIZE;
-    let xq = quantised(x, p.cols, per_row, zero, quantise);
+    let xq = quantised(x, p.cols, per_row, zero, &kernels);
     dot_rows(p, m, |w, first, i| {
-        dot(blocks::view(w), &xq[i * per_row + first..][..w.len()])
+        kernels.dot(blocks::view(w), &xq[i * per_row + first..][..w.len()])
     })
 }
 
-/// Rows of `k` activations, each quantised to `per_row` blocks `A`, in parallel.
-fn quantised<A: Copy + Send + Sync>(
+/// Rows of `k` activations, each quantised to `per_row` blocks `A` for `kernels`, in parallel.
+fn quantised<W, A: Copy + Send + Sync>(
     x: &[f32],
     k: usize,
     per_row: usize,
     zero: A,
-    quantise: fn(&[f32], &mut [A]),
+    kernels: &dot::Kernels<W, A>,
 ) -> Vec<A> {
     let mut xq = vec![zero; x.len() / k * per_row];
     xq.par_chunks_mut(per_row)
         .zip(x.par_chunks(k))
-        .for_each(|(dst, src)| quantise(src, dst));
+        .for_each(|(dst, src)| kernels.quantise(src, dst));
     xq
 }
 
