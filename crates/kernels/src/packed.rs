@@ -618,7 +618,7 @@ fn transpose(src: &[f32], n: usize, m: usize) -> Vec<f32> {
 }
 
 /// Weight rows read side by side in one decoding task, from far-apart stripes of its chunk.
-const STREAMS: usize = 4;
+const STREAMS: usize = 2;
 /// Bytes of one row consumed before moving to the next stream.
 const SEGMENT_BYTES: usize = 1024;
 /// How far ahead of each stream's position its cache lines are requested.
@@ -627,10 +627,12 @@ const PREFETCH_BYTES: usize = 1536;
 /// One activation row against every weight row (`blocks`, `per_row` blocks each): `dot(w,
 /// first)` gives a run of a row's blocks starting at block `first` times the matching
 /// activations.  Decoding is bound by how fast the weights stream in.  One sequential stream
-/// per core leaves much of the bandwidth unused: each task reads four far-apart rows in turns
-/// of about 512 bytes and prefetches ahead in each.  On the 2-core Xeon this took candle's q8_0
-/// kernel from 16 to 26 GB/s and its Q4_K kernel from 8.5 to 25 GB/s.  Runs are whole multiples
-/// of `granule` blocks where the row allows (see [`Kernel::EVEN_BLOCKS`]).
+/// per core left much of the bandwidth unused on the 2-core Xeon: each task reads far-apart
+/// rows in turns of about 1 KiB and prefetches ahead in each.  Four such streams took candle's
+/// q8_0 kernel there from 16 to 26 GB/s and its Q4_K kernel from 8.5 to 25 GB/s; on Zen 5,
+/// whose prefetchers follow one stream well, four cost 5-25 % of decode against one or two, and
+/// two were within noise of the best at every format.  Runs are whole multiples of `granule`
+/// blocks where the row allows (see [`Kernel::EVEN_BLOCKS`]).
 fn streamed<T: Sync, F>(blocks: &[T], per_row: usize, granule: usize, dot: F) -> Vec<f32>
 where
     F: Fn(&[T], usize) -> f32 + Sync,
