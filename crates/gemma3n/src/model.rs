@@ -15,7 +15,7 @@ use crate::kv_cache::Cache;
 use crate::loader::{Checkpoint, ProgressFn};
 use crate::matformer::{Slice, SlicePlan};
 use crate::quant::WeightFormat;
-use crate::text::{TextModel, Trace};
+use crate::text::{Outputs, TextModel, Trace};
 use crate::vision::{Arch, VisionTower};
 use crate::{Error, Result};
 use kernels::pool;
@@ -407,7 +407,7 @@ impl Gemma3nModel {
         cache: &mut Cache,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
-        pool::busy(|| self.hidden(ids, media, cache, trace))
+        pool::busy(|| self.hidden(ids, media, cache, Outputs::Every, trace))
     }
 
     /// [`Self::forward_hidden`] in the calling thread (callers run it inside [`pool::busy`]).
@@ -416,6 +416,7 @@ impl Gemma3nModel {
         ids: &Tensor,
         media: &MediaEmbeddings,
         cache: &mut Cache,
+        outputs: Outputs,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let t = ids.dim(1)?;
@@ -430,7 +431,9 @@ impl Gemma3nModel {
             )));
         }
         let (embeds, ple_ids) = self.embed_inputs(ids, media)?;
-        Ok(self.text.forward_hidden(&embeds, &ple_ids, cache, trace)?)
+        Ok(self
+            .text
+            .forward_hidden(&embeds, &ple_ids, cache, outputs, trace)?)
     }
 
     /// Soft-capped logits `[B, T, V]` (f32) for every position.
@@ -441,7 +444,7 @@ impl Gemma3nModel {
         cache: &mut Cache,
     ) -> Result<Tensor> {
         pool::busy(|| {
-            let hidden = self.hidden(ids, media, cache, None)?;
+            let hidden = self.hidden(ids, media, cache, Outputs::Every, None)?;
             Ok(self.text.logits(&hidden)?)
         })
     }
@@ -454,9 +457,8 @@ impl Gemma3nModel {
         cache: &mut Cache,
     ) -> Result<Tensor> {
         pool::busy(|| {
-            let hidden = self.hidden(ids, media, cache, None)?;
-            let t = hidden.dim(1)?;
-            Ok(self.text.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?)
+            let hidden = self.hidden(ids, media, cache, Outputs::Last, None)?;
+            Ok(self.text.logits(&hidden)?.squeeze(1)?)
         })
     }
 }

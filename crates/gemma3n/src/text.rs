@@ -461,6 +461,15 @@ impl DecoderLayer {
     }
 }
 
+/// Which positions' hidden states a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// Every position (the logits of a whole prompt).
+    Every,
+    /// The last position only, what generation samples from.
+    Last,
+}
+
 /// Intermediate activations of one forward pass, for parity tests.
 #[derive(Debug, Default)]
 pub struct Trace {
@@ -636,13 +645,15 @@ impl TextModel {
     }
 
     /// Run the decoder over `inputs_embeds` `[B, T, D]` at positions following `cache`, and return
-    /// the final-normed hidden states `[B, T, D]`.  `ple_ids` are the ids for the per-layer
-    /// embedding table (multimodal ids already mapped to 0).
+    /// the final-normed hidden states of the positions `outputs` asks for, `[B, T, D]` or
+    /// `[B, 1, D]`.  `ple_ids` are the ids for the per-layer embedding table (multimodal ids
+    /// already mapped to 0).
     pub fn forward_hidden(
         &self,
         inputs_embeds: &Tensor,
         ple_ids: &Tensor,
         cache: &mut Cache,
+        outputs: Outputs,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let (_, t, _) = inputs_embeds.dims3()?;
@@ -662,12 +673,26 @@ impl TextModel {
 
         let dev = inputs_embeds.device();
         let dtype = inputs_embeds.dtype();
-        let rope_sliding = self.rope_sliding.tables(start, t, dtype)?;
-        let rope_full = self.rope_full.tables(start, t, dtype)?;
-        let mask_sliding = attention_mask(start, t, Some(self.cfg.sliding_window), dtype, dev)?;
-        let mask_full = attention_mask(start, t, None, dtype, dev)?;
+        let mut per_layer_inputs = per_layer_inputs;
+        let mut rope_sliding = self.rope_sliding.tables(start, t, dtype)?;
+        let mut rope_full = self.rope_full.tables(start, t, dtype)?;
+        let mut mask_sliding = attention_mask(start, t, Some(self.cfg.sliding_window), dtype, dev)?;
+        let mut mask_full = attention_mask(start, t, None, dtype, dev)?;
 
         for (i, layer) in self.layers.iter().enumerate() {
+            if i == self.cfg.first_kv_shared_layer() && outputs == Outputs::Last && t > 1 {
+                // From here on no layer writes the cache, so a position's state feeds nothing
+                // but its own output: only the last position is still needed (a third of
+                // E2B's layers skipped for all but one prompt token).
+                let last = |x: &Tensor, dim: usize| x.narrow(dim, t - 1, 1);
+                streams = last(&streams, 2)?;
+                per_layer_inputs = last(&per_layer_inputs, 1)?;
+                for (cos, sin) in [&mut rope_sliding, &mut rope_full] {
+                    (*cos, *sin) = (last(cos, 0)?, last(sin, 0)?);
+                }
+                mask_sliding = last(&mask_sliding, 0)?;
+                mask_full = last(&mask_full, 0)?;
+            }
             let (rope, mask) = match layer.layer_type {
                 LayerType::SlidingAttention => (&rope_sliding, &mask_sliding),
                 LayerType::FullAttention => (&rope_full, &mask_full),

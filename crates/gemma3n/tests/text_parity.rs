@@ -8,6 +8,8 @@ use gemma3n::text::Trace;
 use gemma3n::{Gemma3nModel, MediaEmbeddings};
 
 const INTERMEDIATE_REL: f32 = 1e-4;
+/// Two computations of the same logits that differ only in f32 rounding.
+const SAME_LOGITS: f32 = 1e-4;
 
 fn load(variant: &str) -> Gemma3nModel {
     Gemma3nModel::load(&model_dir(variant), DType::F32, &Device::Cpu).expect("load model")
@@ -71,6 +73,57 @@ fn greedy_matches(variant: &str, prompt: &str) {
     let model = load(variant);
     let golden = Golden::open(variant);
     common::assert_greedy(&model, &golden, prompt, MediaEmbeddings::default());
+}
+
+/// Generation runs the KV-shared layers for the last position only; its logits must be those of
+/// the full forward pass, for a prompt prefilled in one piece or after cached tokens (to f32
+/// rounding: the skipped rows change which kernels the products take).
+#[test]
+fn last_position_logits_match_the_full_forward() {
+    let model = load("E");
+    let ids = Golden::open("E").ids("text.input_ids");
+    let none = MediaEmbeddings::default();
+    let full = model
+        .forward(&ids_tensor(&ids), &none, &mut model.new_cache())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let t = ids.len();
+    let whole = model
+        .forward_last(&ids_tensor(&ids), &none, &mut model.new_cache())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_close(
+        "one prefill",
+        &whole,
+        &full.get(t - 1).unwrap(),
+        SAME_LOGITS,
+    );
+    let mut cache = model.new_cache();
+    let split = t / 2;
+    let first = model
+        .forward_last(&ids_tensor(&ids[..split]), &none, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_close(
+        "first half",
+        &first,
+        &full.get(split - 1).unwrap(),
+        SAME_LOGITS,
+    );
+    let rest = model
+        .forward_last(&ids_tensor(&ids[split..]), &none, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_close(
+        "after cached tokens",
+        &rest,
+        &full.get(t - 1).unwrap(),
+        SAME_LOGITS,
+    );
 }
 
 #[test]
