@@ -4,10 +4,11 @@
 //! Decoding (one activation row) runs the dispatched dot products of [`crate::dot`] on the
 //! packed rows (candle's for the rarer GGUF block types), split by output rows across the rayon
 //! pool and streamed two rows at a time with prefetching ([`streamed`]): it is bound by how fast
-//! the weights arrive.  Prefill (many rows) is arithmetic-bound instead: each task widens a tile
-//! of weight rows once, while it is in cache, and multiplies the whole activation block with it,
-//! on AMX tiles where the CPU has them ([`amx`]), otherwise through the `gemm` crate's
-//! register-blocked f32 kernels.
+//! the weights arrive.  Prefill (many rows) is arithmetic-bound instead.  Q4_K and Q6_K weights
+//! run the integer row kernels of [`crate::dot`] on quantised activations, a few activation
+//! rows per weight row ([`tiled_groups`]).  The other formats widen a tile of weight rows once,
+//! while it is in cache, and multiply the whole activation block with it, on AMX tiles where
+//! the CPU has them ([`amx`]), otherwise through the `gemm` crate's register-blocked f32 kernels.
 
 use std::fmt;
 use std::str::FromStr;
