@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, fixture_dir, ids_tensor, model_dir, Golden, LOGITS_TOL};
+use common::{assert_close, fixture_dir, ids_tensor, model_dir, prompt_logits, Golden, LOGITS_TOL};
 use gemma3n::{Gemma3nModel, LoadOptions, MediaEmbeddings, WeightFormat};
 
 fn gguf(name: &str) -> std::path::PathBuf {
@@ -16,16 +16,6 @@ fn load(path: &std::path::Path, weights: WeightFormat) -> Gemma3nModel {
         ..LoadOptions::default()
     };
     Gemma3nModel::load_with(path, &opts).expect("load model")
-}
-
-fn logits(model: &Gemma3nModel, ids: &[u32]) -> Tensor {
-    model
-        .forward(
-            &ids_tensor(ids),
-            &MediaEmbeddings::default(),
-            &mut model.new_cache(),
-        )
-        .unwrap()
 }
 
 /// Greedy continuation of `ids` through the cache.
@@ -57,13 +47,13 @@ fn f32_gguf_matches_the_safetensors_checkpoint() {
     );
     assert_close(
         "GGUF f32 vs safetensors",
-        &logits(&model, &ids),
-        &logits(&reference, &ids),
+        &prompt_logits(&model, &ids),
+        &prompt_logits(&reference, &ids),
         1e-4,
     );
     assert_close(
         "GGUF f32 vs transformers",
-        &logits(&model, &ids),
+        &prompt_logits(&model, &ids),
         &golden.f32("text.logits"),
         LOGITS_TOL,
     );
@@ -81,7 +71,7 @@ fn q8_0_gguf_agrees_with_f32_on_the_next_token() {
     let model = load(&gguf("E-q8_0.gguf"), WeightFormat::Dense);
     let mut ids = prompt.clone();
     ids.extend(&reference[..reference.len() - 1]);
-    let logits = logits(&model, &ids).squeeze(0).unwrap();
+    let logits = prompt_logits(&model, &ids).squeeze(0).unwrap();
     let picked: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
     let agree = picked[prompt.len() - 1..]
         .iter()
@@ -101,7 +91,7 @@ fn f32_gguf_loads_packed() {
     let want = golden.f32("text.logits");
     assert_close(
         "GGUF f32 packed as bf16",
-        &logits(&model, &ids),
+        &prompt_logits(&model, &ids),
         &want,
         0.05 * common::max_abs(&want),
     );
@@ -152,10 +142,10 @@ fn legacy_gguf_dialect_matches_the_safetensors_checkpoint() {
     assert_eq!(got.num_kv_shared_layers, want.num_kv_shared_layers);
     assert_eq!(got.final_logit_softcapping, want.final_logit_softcapping);
     let rows = got.vocab_size;
-    let expected = logits(&reference, &ids).narrow(2, 0, rows).unwrap();
+    let expected = prompt_logits(&reference, &ids).narrow(2, 0, rows).unwrap();
     assert_close(
         "legacy GGUF vs safetensors",
-        &logits(&model, &ids),
+        &prompt_logits(&model, &ids),
         &expected,
         1e-4,
     );
@@ -179,8 +169,8 @@ fn converter_written_gguf_matches_the_safetensors_checkpoint() {
         .collect();
     assert_close(
         "converter GGUF vs safetensors",
-        &logits(&model, &ids),
-        &logits(&reference, &ids),
+        &prompt_logits(&model, &ids),
+        &prompt_logits(&reference, &ids),
         1e-4,
     );
 }
@@ -204,14 +194,14 @@ fn a_slice_of_a_gguf_file_is_the_slice_of_its_checkpoint() {
     let ids = Golden::open("E").ids("text.input_ids");
     let from_checkpoint = sliced(&model_dir("E"));
     assert_eq!(from_checkpoint.config().text_config.num_hidden_layers, 5);
-    let expected = logits(&from_checkpoint, &ids);
+    let expected = prompt_logits(&from_checkpoint, &ids);
     assert_close(
         "sliced f32 GGUF logits",
-        &logits(&sliced(&gguf("E-f32.gguf")), &ids),
+        &prompt_logits(&sliced(&gguf("E-f32.gguf")), &ids),
         &expected,
         1e-4,
     );
-    let q8 = logits(&sliced(&gguf("E-q8_0.gguf")), &ids);
+    let q8 = prompt_logits(&sliced(&gguf("E-q8_0.gguf")), &ids);
     let top = |t: &Tensor| {
         t.argmax(candle_core::D::Minus1)
             .unwrap()

@@ -3,7 +3,9 @@
 mod common;
 
 use candle_core::{DType, Device};
-use common::{assert_close, assert_close_rel, ids_tensor, model_dir, Golden, LOGITS_TOL};
+use common::{
+    assert_close, assert_close_rel, ids_tensor, model_dir, prompt_logits, Golden, LOGITS_TOL,
+};
 use gemma3n::text::Trace;
 use gemma3n::{Gemma3nModel, MediaEmbeddings};
 
@@ -75,19 +77,6 @@ fn greedy_matches(variant: &str, prompt: &str) {
     common::assert_greedy(&model, &golden, prompt, MediaEmbeddings::default());
 }
 
-/// Logits `[T, V]` of every position of `ids`, from a fresh cache.
-fn full_logits(model: &Gemma3nModel, ids: &[u32]) -> candle_core::Tensor {
-    model
-        .forward(
-            &ids_tensor(ids),
-            &MediaEmbeddings::default(),
-            &mut model.new_cache(),
-        )
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-}
-
 /// Generation runs the KV-shared layers for the last position only; its logits must be those of
 /// the full forward pass, for a prompt prefilled in one piece or after cached tokens (to f32
 /// rounding: the skipped rows change which kernels the products take).
@@ -96,7 +85,7 @@ fn last_position_logits_match_the_full_forward() {
     let model = load("E");
     let ids = Golden::open("E").ids("text.input_ids");
     let none = MediaEmbeddings::default();
-    let full = full_logits(&model, &ids);
+    let full = prompt_logits(&model, &ids).squeeze(0).unwrap();
     let t = ids.len();
     let whole = model
         .forward_last(&ids_tensor(&ids), &none, &mut model.new_cache())
@@ -218,7 +207,7 @@ fn rolling_cache_matches_a_full_pass_far_past_the_window() {
     let ids: Vec<u32> = (0..80u32).map(|i| (i * 37 + 11) % vocab).collect();
     assert!(ids.len() >= 20 * window);
     let none = MediaEmbeddings::default();
-    let full = full_logits(&model, &ids);
+    let full = prompt_logits(&model, &ids).squeeze(0).unwrap();
 
     let mut cache = model.new_cache();
     let run = |cache: &mut gemma3n::Cache, from: usize, to: usize| {

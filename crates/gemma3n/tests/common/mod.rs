@@ -12,6 +12,17 @@ pub fn ids_tensor(ids: &[u32]) -> Tensor {
     Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap()
 }
 
+/// Logits `[1, T, V]` of every position of a text-only `ids`, from a fresh cache.
+pub fn prompt_logits(model: &Gemma3nModel, ids: &[u32]) -> Tensor {
+    model
+        .forward(
+            &ids_tensor(ids),
+            &MediaEmbeddings::default(),
+            &mut model.new_cache(),
+        )
+        .unwrap()
+}
+
 /// Full-prompt logits of golden prompt `prompt` (`text`, `image`, `audio`, `multimodal`).
 pub fn assert_prompt_logits(
     model: &Gemma3nModel,
