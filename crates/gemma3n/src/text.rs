@@ -658,7 +658,7 @@ impl TextModel {
     ) -> Result<Tensor> {
         let (_, t, _) = inputs_embeds.dims3()?;
         let start = cache.seq_len();
-        let per_layer_inputs = self.per_layer_inputs(inputs_embeds, ple_ids)?;
+        let mut per_layer_inputs = self.per_layer_inputs(inputs_embeds, ple_ids)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.per_layer_inputs = Some(per_layer_inputs.clone());
         }
@@ -673,7 +673,6 @@ impl TextModel {
 
         let dev = inputs_embeds.device();
         let dtype = inputs_embeds.dtype();
-        let mut per_layer_inputs = per_layer_inputs;
         let mut rope_sliding = self.rope_sliding.tables(start, t, dtype)?;
         let mut rope_full = self.rope_full.tables(start, t, dtype)?;
         let mut mask_sliding = attention_mask(start, t, Some(self.cfg.sliding_window), dtype, dev)?;
@@ -704,6 +703,11 @@ impl TextModel {
             }
         }
         cache.advance(t);
+        if outputs == Outputs::Last {
+            // Already one position where some layers share keys and values.
+            let positions = streams.dim(2)?;
+            streams = streams.narrow(2, positions - 1, 1)?;
+        }
 
         // Merge the streams back: rescale each to the active stream's magnitude and average.
         let first = streams.get(0)?;

@@ -124,6 +124,39 @@ fn last_position_logits_match_the_full_forward() {
     );
 }
 
+/// A config in which no layer shares keys and values still gets the last position only.
+#[test]
+fn last_position_logits_without_kv_sharing() {
+    let src = model_dir("E");
+    let dir = std::env::temp_dir().join(format!("gemma3n-no-kv-sharing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config["text_config"]["num_kv_shared_layers"] = 0.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let model = Gemma3nModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(model.config().text_config.num_kv_shared_layers, 0);
+    let ids = Golden::open("E").ids("text.input_ids");
+    let full = prompt_logits(&model, &ids).squeeze(0).unwrap();
+    let last = model
+        .forward_last(
+            &ids_tensor(&ids),
+            &MediaEmbeddings::default(),
+            &mut model.new_cache(),
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_close(
+        "last position, no KV sharing",
+        &last,
+        &full.get(ids.len() - 1).unwrap(),
+        SAME_LOGITS,
+    );
+}
+
 #[test]
 fn text_forward_matches_reference_c() {
     full_forward_matches("C");

@@ -1,7 +1,8 @@
 //! The CPU compute layer: packed weight formats and quantisation at load ([`packed`],
 //! [`quantise`]), the decode dot products and the integer row kernels of prefill ([`dot`]), the
-//! widened prefill matrix products (the `gemm` crate, or [`amx`] tiles), vectorised element-wise functions ([`activation`]) and the thread
-//! pool's busy passes ([`pool`]).  It knows no model: model code composes these.
+//! widened prefill matrix products (the `gemm` crate, or [`amx`] tiles), vectorised
+//! element-wise functions ([`activation`]) and the thread pool's busy passes ([`pool`]).  It
+//! knows no model: model code composes these.
 //!
 //! Builds carry no target features; each hot kernel has one version per instruction-set level
 //! and [`cpu::level`] picks one at run time, as ggml does under llama.cpp.

@@ -469,8 +469,7 @@ where
     let blocks = p.blocks.as_slice();
     let act = |i: usize| &xq[i * per_row..][..per_row];
     let kernels = &kernels;
-    Some(tiled_groups(m, p.rows, group, group, |i0| {
-        let live = group.min(m - i0);
+    Some(tiled_groups(m, p.rows, group, group, |i0, live| {
         let rows: [&[A]; dot::MAX_ROWS] = std::array::from_fn(|g| act(i0 + g.min(live - 1)));
         move |r: usize, out: &mut [f32]| {
             let w = blocks::view(&blocks[r * per_row..][..per_row]);
@@ -722,14 +721,14 @@ const ROW_BLOCK: usize = 32;
 
 /// `out[i, r] = dot(i, r)` for `i < m`, `r < n`, parallel over chunks of output columns.
 fn tiled<F: Fn(usize, usize) -> f32 + Sync>(m: usize, n: usize, dot: F) -> Vec<f32> {
-    tiled_groups(m, n, 1, ROW_BLOCK, |i| {
+    tiled_groups(m, n, 1, ROW_BLOCK, |i, _| {
         let dot = &dot;
         move |r: usize, out: &mut [f32]| out[0] = dot(i, r)
     })
 }
 
-/// `out[i, r]` for `i < m`, `r < n`, where `group(i0)` makes the function that, given `r`,
-/// fills `out[g]` with the value for activation row `i0 + g`, up to `size` rows at a time
+/// `out[i, r]` for `i < m`, `r < n`, where `group(i0, rows)` makes the function that, given
+/// `r`, fills `out[g]` with the value for activation row `i0 + g`, for `g < rows ≤ size`
 /// (micro-kernels take several activation rows per weight row; what a group needs is looked up
 /// once per pass, not per weight row), parallel over chunks of output columns.  Each pass takes
 /// `pass` activation rows through the chunk's weight rows.  The micro-kernels pass one group
@@ -737,7 +736,7 @@ fn tiled<F: Fn(usize, usize) -> f32 + Sync>(m: usize, n: usize, dot: F) -> Vec<f
 /// faster than passes of 32 rows, which spill L1 on every weight row.
 fn tiled_groups<F, G>(m: usize, n: usize, size: usize, pass: usize, group: F) -> Vec<f32>
 where
-    F: Fn(usize) -> G + Sync,
+    F: Fn(usize, usize) -> G + Sync,
     G: Fn(usize, &mut [f32]),
 {
     assert!(size <= dot::MAX_ROWS);
@@ -749,11 +748,14 @@ where
             let i1 = (i0 + pass).min(m);
             let groups: Vec<(usize, usize, G)> = (i0..i1)
                 .step_by(size)
-                .map(|g| (g, (g + size).min(i1), group(g)))
+                .map(|g| {
+                    let rows = size.min(i1 - g);
+                    (g, rows, group(g, rows))
+                })
                 .collect();
             for j in 0..block.width() {
-                for (g, end, fill) in &groups {
-                    let values = &mut values[..end - g];
+                for (g, rows, fill) in &groups {
+                    let values = &mut values[..*rows];
                     fill(block.first() + j, values);
                     for (i, &v) in (*g..).zip(values.iter()) {
                         block.set(i, j, v);
